@@ -1,0 +1,186 @@
+"""`HyWIAConfig`: everything that decides how a model is pruned, saved as `hywia_config.json`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_NAME = "hywia_config.json"
+
+IMPORTANCE_METHODS = ("hywia", "element1", "element2", "vector", "l2", "random")
+FINE_ESTIMATORS = ("element1", "element2")
+GROUP_KINDS = ("attention", "mlp")
+LAYOUTS = ("uniform", "per_layer")
+
+
+@dataclass
+class HyWIAConfig:
+    """Configuration of a HyWIA structured-pruning run.
+
+    Args:
+        pruning_ratio: fraction of the decoder layers' prunable parameters (attention q/k/v/o and MLP gate/up/down
+            weights of *all* decoder layers) to remove. Layers outside `layer_range` are kept whole, so the layers
+            inside it lose a larger share.
+        importance: `"hywia"` (fine- and coarse-grained Taylor scores fused by a learned attention module) or one of
+            the single-granularity baselines `"element1"`, `"element2"`, `"vector"`, `"l2"`, `"random"`.
+        fine_estimator: fine-grained estimator fused by HyWIA: `"element1"` (first-order Taylor) or `"element2"`
+            (second order, Fisher diagonal).
+        fusion_steps: optimisation steps of the end-to-end fusion training (one calibration batch each).
+        fusion_learning_rate: Adam learning rate of the fusion module.
+        fusion_hidden_size: width of the fusion attention's query/key space.
+        fusion_temperature: (start, end) temperature of the soft masks, annealed geometrically during training.
+        group_kinds: which prunable groups to remove: `"attention"` (KV-head groups) and/or `"mlp"` (channels).
+        layer_range: `[start, end)` decoder layers to prune; `None` keeps the first `n // 8` and the last
+            `round(n / 16)` layers whole (LLM-Pruner keeps layers 0-3 and 30-31 of LLaMA-7B).
+        layout: `"uniform"` (the same widths in every pruned layer; loads with vanilla transformers) or
+            `"per_layer"` (one global ranking; widths differ per layer; loads with `trust_remote_code=True`).
+        num_calibration_samples: calibration windows used for gradients and fusion training.
+        calibration_sequence_length: tokens per calibration window.
+        calibration_batch_size: windows per forward/backward pass.
+        round_to: kept MLP widths are rounded to a multiple of this (GEMM-friendly shapes).
+        seed: seed of calibration sampling, fusion initialisation and the `"random"` baseline.
+    """
+
+    pruning_ratio: float = 0.2
+    importance: str = "hywia"
+    fine_estimator: str = "element1"
+    fusion_steps: int = 16
+    fusion_learning_rate: float = 0.05
+    fusion_hidden_size: int = 8
+    fusion_temperature: tuple[float, float] = (1.0, 0.05)
+    group_kinds: tuple[str, ...] = GROUP_KINDS
+    layer_range: tuple[int, int] | None = None
+    layout: str = "uniform"
+    num_calibration_samples: int = 32
+    calibration_sequence_length: int = 128
+    calibration_batch_size: int = 8
+    round_to: int = 1
+    seed: int = 0
+    optimum_hywia_version: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.group_kinds, str):
+            self.group_kinds = (self.group_kinds,)
+        self.group_kinds = tuple(self.group_kinds)
+        self.fusion_temperature = tuple(self.fusion_temperature)
+        if self.layer_range is not None:
+            self.layer_range = tuple(self.layer_range)
+        if not self.optimum_hywia_version:
+            from . import __version__
+
+            self.optimum_hywia_version = __version__
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise a `ValueError` that says what to change for any field that is out of range."""
+        _check_number("pruning_ratio", self.pruning_ratio, float)
+        if not 0.0 < self.pruning_ratio < 1.0:
+            raise ValueError(f"pruning_ratio must be in (0, 1), got {self.pruning_ratio}: e.g. 0.2 removes 20%.")
+        _check_choice("importance", self.importance, IMPORTANCE_METHODS)
+        _check_choice("fine_estimator", self.fine_estimator, FINE_ESTIMATORS)
+        _check_choice("layout", self.layout, LAYOUTS)
+        if not self.group_kinds or any(kind not in GROUP_KINDS for kind in self.group_kinds):
+            raise ValueError(f"group_kinds must be a non-empty subset of {list(GROUP_KINDS)}, got {self.group_kinds}.")
+        if len(set(self.group_kinds)) != len(self.group_kinds):
+            raise ValueError(f"group_kinds has duplicates: {self.group_kinds}.")
+        for name in ("fusion_steps",):
+            _check_number(name, getattr(self, name), int)
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("fusion_hidden_size", "num_calibration_samples", "calibration_sequence_length",
+                     "calibration_batch_size", "round_to"):
+            _check_number(name, getattr(self, name), int)
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        _check_number("seed", self.seed, int)
+        _check_number("fusion_learning_rate", self.fusion_learning_rate, float)
+        if self.fusion_learning_rate <= 0:
+            raise ValueError(f"fusion_learning_rate must be > 0, got {self.fusion_learning_rate}.")
+        if len(self.fusion_temperature) != 2 or not all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in self.fusion_temperature
+        ):
+            raise ValueError(f"fusion_temperature must be two positive numbers (start, end), got {self.fusion_temperature}.")
+        if self.layer_range is not None:
+            if len(self.layer_range) != 2 or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in self.layer_range
+            ):
+                raise ValueError(f"layer_range must be two integers [start, end), got {self.layer_range}.")
+            start, end = self.layer_range
+            if not 0 <= start < end:
+                raise ValueError(f"layer_range must satisfy 0 <= start < end, got {self.layer_range}.")
+
+    def resolve_layer_range(self, num_layers: int) -> tuple[int, int]:
+        """The `[start, end)` layers to prune for a model with `num_layers` decoder layers."""
+        if self.layer_range is None:
+            start, end = num_layers // 8, num_layers - round(num_layers / 16)
+            return (start, end) if start < end else (0, num_layers)
+        start, end = self.layer_range
+        if end > num_layers:
+            raise ValueError(
+                f"layer_range {list(self.layer_range)} goes past the model's {num_layers} decoder layers: "
+                f"use an end <= {num_layers}."
+            )
+        return start, end
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for key, value in data.items():
+            if isinstance(value, tuple):
+                data[key] = list(value)
+        return data
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HyWIAConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown HyWIAConfig keys {unknown}; known keys are {sorted(known)}.")
+        return cls(**data)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write `hywia_config.json` into `save_directory` and return its path."""
+        path = Path(save_directory)
+        if path.is_file():
+            raise ValueError(f"save_directory {path} is a file; pass a directory.")
+        path.mkdir(parents=True, exist_ok=True)
+        target = path / CONFIG_NAME
+        target.write_text(self.to_json_string())
+        return target
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **hub_kwargs: Any) -> HyWIAConfig:
+        """Load from a folder holding `hywia_config.json`, that file itself, or a Hub repo id."""
+        path = Path(name_or_path)
+        if path.is_dir():
+            path = path / CONFIG_NAME
+        if not path.is_file():
+            if Path(name_or_path).exists():
+                raise FileNotFoundError(f"No {CONFIG_NAME} in {name_or_path}.")
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(str(name_or_path), CONFIG_NAME, **hub_kwargs))
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from error
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}.")
+        return cls.from_dict(data)
+
+
+def _check_number(name: str, value: Any, kind: type) -> None:
+    allowed = (int, float) if kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        raise ValueError(f"{name} must be {'a number' if kind is float else 'an integer'}, got {value!r}.")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}.")

@@ -1,0 +1,70 @@
+"""Single-granularity importance estimators (LLM-Pruner's baselines), per group.
+
+With `s = w * dL/dw` summed over the calibration batches and `F` the Fisher diagonal:
+
+- `element1` (fine, first order): sum over the group of |s_i|
+- `element2` (fine, second order): sum over the group of w_i F_i w_i
+- `vector` (coarse): sum over the group's weight vectors (rows or columns) of |sum of s over the vector|
+- `l2`: the L2 norm of the group's weights
+- `random`: uniform noise (seeded)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..groups import GroupSet
+from .statistics import GradientStatistics
+
+GRADIENT_ESTIMATORS = ("element1", "element2", "vector")
+
+
+def group_sum(group_set: GroupSet, per_projection: list[torch.Tensor]) -> torch.Tensor:
+    """Add per-row/column values of every projection into one value per group."""
+    total = torch.zeros(group_set.num_groups, dtype=torch.float64)
+    for group_of_index, values in zip(group_set.group_of_index, per_projection):
+        total.index_add_(0, group_of_index, values.to(torch.float64))
+    return total
+
+
+def gradient_scores(method: str, statistics: GradientStatistics) -> dict[tuple[int, str], torch.Tensor]:
+    """Scores of one gradient-based estimator for every group set."""
+    if method not in GRADIENT_ESTIMATORS:
+        raise ValueError(f"{method!r} is not a gradient estimator; choose from {GRADIENT_ESTIMATORS}.")
+    if statistics.num_batches == 0:
+        raise ValueError("No calibration batch was run: gradient estimators need calibration data.")
+    scores = {}
+    for group_set in statistics.group_sets:
+        stats = statistics.stats[group_set.key]
+        if method == "element1":
+            values = [s.absolute for s in stats]
+        elif method == "element2":
+            values = [s.squared / statistics.num_batches for s in stats]
+        else:
+            values = [s.signed.abs() for s in stats]
+        scores[group_set.key] = group_sum(group_set, values)
+    return scores
+
+
+def weight_scores(method: str, group_sets: list[GroupSet], seed: int = 0) -> dict[tuple[int, str], torch.Tensor]:
+    """Scores that need no gradients: `l2` and `random`."""
+    if method == "random":
+        generator = torch.Generator().manual_seed(seed)
+        return {gs.key: torch.rand(gs.num_groups, generator=generator, dtype=torch.float64) for gs in group_sets}
+    if method != "l2":
+        raise ValueError(f"{method!r} is not a weight-only estimator; choose 'l2' or 'random'.")
+    scores = {}
+    for group_set in group_sets:
+        values = []
+        for projection in group_set.projections:
+            module = projection.module
+            squared = module.weight.detach().float().square()
+            if projection.spec.dim == "out":
+                row = squared.sum(1)
+                if module.bias is not None:
+                    row = row + module.bias.detach().float().square()
+                values.append(row.cpu())
+            else:
+                values.append(squared.sum(0).cpu())
+        scores[group_set.key] = group_sum(group_set, values).sqrt()
+    return scores

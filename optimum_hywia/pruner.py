@@ -1,0 +1,308 @@
+"""`HyWIAPruner`: load, score, prune, save. The orchestration only; each step lives in its own module."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging
+
+from .allocation import plan_pruning, select_groups
+from .architectures import ArchitectureSpec, get_architecture
+from .configuration import HyWIAConfig
+from .data import prepare_calibration_data
+from .groups import GroupSet, build_group_sets, decoder_layers
+from .importance.estimators import gradient_scores, weight_scores
+from .importance.fusion import HybridFusion
+from .importance.statistics import GradientStatistics
+from .modeling import MODELING_FILE
+from .surgery import layer_widths, remove_groups, rewrite_config
+
+logger = logging.get_logger(__name__)
+
+REPORT_NAME = "hywia_report.json"
+
+
+@dataclass
+class PruningReport:
+    """What a pruning run did: sizes before and after, per-layer widths, kept groups, the learned blend."""
+
+    importance: str
+    layout: str
+    pruning_ratio: float
+    pruned_layers: list[int]
+    params_before: int
+    params_after: int
+    decoder_params_before: int
+    decoder_params_after: int
+    achieved_ratio: float
+    vanilla_config: bool
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    kept_groups: dict[str, list[int]] = field(default_factory=dict)
+    fusion_alpha: dict[str, list[float]] = field(default_factory=dict)
+    fusion_losses: list[float] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json_string(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+class HyWIAPruner:
+    """Structured pruning of a transformers model with HyWIA or a single-granularity baseline.
+
+    Example:
+        ```python
+        pruner = HyWIAPruner.from_pretrained("HuggingFaceTB/SmolLM2-135M", config=HyWIAConfig(pruning_ratio=0.2))
+        model = pruner.prune(calibration_data=texts)
+        pruner.save_pretrained("smollm2-hywia-20")
+        ```
+    """
+
+    def __init__(self, model: PreTrainedModel, config: HyWIAConfig | None = None, tokenizer: Any = None):
+        self.config = config or HyWIAConfig()
+        if not isinstance(self.config, HyWIAConfig):
+            raise TypeError(f"config must be a HyWIAConfig, got {type(self.config).__name__}.")
+        if not isinstance(model, PreTrainedModel):
+            raise TypeError(f"model must be a transformers PreTrainedModel, got {type(model).__name__}.")
+        self.spec: ArchitectureSpec = get_architecture(getattr(model.config, "model_type", None))
+        self.model = model
+        self.tokenizer = tokenizer
+        self.report: PruningReport | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_or_path: str | os.PathLike | PreTrainedModel,
+        config: HyWIAConfig | None = None,
+        tokenizer: Any = None,
+        **from_pretrained_kwargs: Any,
+    ) -> HyWIAPruner:
+        """A pruner for a Hub id, a local folder, or a model instance.
+
+        `from_pretrained_kwargs` go to `AutoModelForCausalLM.from_pretrained` (e.g. `gguf_file`, `dtype`, `revision`).
+        The tokenizer is loaded from the same place unless given.
+        """
+        if isinstance(model_or_path, PreTrainedModel):
+            if from_pretrained_kwargs:
+                raise TypeError(f"from_pretrained kwargs {sorted(from_pretrained_kwargs)} need a model id or path.")
+            return cls(model_or_path, config, tokenizer)
+        model = AutoModelForCausalLM.from_pretrained(model_or_path, **from_pretrained_kwargs)
+        if tokenizer is None:
+            tokenizer_kwargs = {k: from_pretrained_kwargs[k] for k in _TOKENIZER_KWARGS if k in from_pretrained_kwargs}
+            tokenizer = AutoTokenizer.from_pretrained(model_or_path, **tokenizer_kwargs)
+        return cls(model, config, tokenizer)
+
+    def prune(self, calibration_data: Any = None, show_progress: bool = True) -> PreTrainedModel:
+        """Score every group, remove the least important ones physically, and return the pruned model.
+
+        `calibration_data`: a list of strings, a `datasets.Dataset`, a path to a text file, or token ids (see
+        `optimum_hywia.data.prepare_calibration_data`). Not needed for the `l2` and `random` baselines.
+        """
+        if self.report is not None:
+            raise RuntimeError("This model is already pruned; create a new HyWIAPruner to prune it again.")
+        config, model, spec = self.config, self.model, self.spec
+        _check_prunable(model)
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+
+        _, layers = decoder_layers(model, spec)
+        num_layers = len(layers)
+        layer_range = range(*config.resolve_layer_range(num_layers))
+        all_sets = build_group_sets(model, spec, range(num_layers), ("attention", "mlp"))
+        group_sets = build_group_sets(model, spec, layer_range, config.group_kinds)
+        total_params = sum(gs.num_groups * gs.params_per_group for gs in all_sets)
+        plan = plan_pruning(config, spec, model.config, group_sets, total_params)
+        params_before = _count_params(model)
+        widths_before = layer_widths(model, spec)
+        logger.info(f"HyWIA: pruning layers [{layer_range.start}, {layer_range.stop}) of {num_layers}, plan {plan}")
+
+        scores, fusion = self._score(group_sets, plan, num_layers, calibration_data, show_progress, seconds)
+        kept = select_groups(scores, group_sets, plan)
+
+        surgery_start = time.perf_counter()
+        remove_groups(group_sets, kept)
+        vanilla = rewrite_config(model, spec, widths_before)
+        seconds["surgery"] = time.perf_counter() - surgery_start
+        seconds["total"] = time.perf_counter() - start
+        self.report = self._make_report(
+            all_sets, group_sets, kept, fusion, layer_range, params_before, total_params, widths_before, vanilla
+        )
+        self.report.seconds = seconds
+        logger.info(
+            f"HyWIA: {params_before:,} -> {self.report.params_after:,} parameters "
+            f"({self.report.achieved_ratio:.1%} of decoder-layer parameters removed)"
+        )
+        return model
+
+    def _score(self, group_sets, plan, num_layers, calibration_data, show_progress, seconds):
+        config, model = self.config, self.model
+        method = config.importance
+        if method in ("l2", "random"):
+            scores = weight_scores(method, group_sets, config.seed)
+            return self._comparable(scores, group_sets), None
+        if calibration_data is None:
+            raise ValueError(
+                f"importance={method!r} needs calibration_data (a list of strings, a datasets.Dataset, a text file or "
+                "token ids); only 'l2' and 'random' prune without it."
+            )
+        samples = prepare_calibration_data(
+            calibration_data,
+            self.tokenizer,
+            num_samples=config.num_calibration_samples,
+            sequence_length=config.calibration_sequence_length,
+            seed=config.seed,
+        )
+        batches = list(torch.split(samples, config.calibration_batch_size))
+        start = time.perf_counter()
+        statistics = GradientStatistics(group_sets)
+        statistics.collect(model, batches, show_progress)
+        seconds["gradients"] = time.perf_counter() - start
+        if method != "hywia":
+            return self._comparable(gradient_scores(method, statistics), group_sets), None
+        fine = gradient_scores(config.fine_estimator, statistics)
+        coarse = gradient_scores("vector", statistics)
+        start = time.perf_counter()
+        fusion = HybridFusion(group_sets, fine, coarse, plan, num_layers, config.fusion_hidden_size, config.seed)
+        result = fusion.train(
+            model, batches, config.fusion_steps, config.fusion_learning_rate, config.fusion_temperature, show_progress
+        )
+        seconds["fusion"] = time.perf_counter() - start
+        return result.scores, result
+
+    def _comparable(self, scores: dict, group_sets: list[GroupSet]) -> dict:
+        """Per-layer ranking compares groups of different sizes: rank by importance per parameter."""
+        if self.config.layout != "per_layer":
+            return scores
+        return {gs.key: scores[gs.key] / gs.params_per_group for gs in group_sets}
+
+    def _make_report(self, all_sets, group_sets, kept, fusion, layer_range, params_before, total_params,
+                     widths_before, vanilla) -> PruningReport:
+        model, spec = self.model, self.spec
+        after_sets = build_group_sets(model, spec, range(len(widths_before)), ("attention", "mlp"))
+        decoder_after = sum(gs.num_groups * gs.params_per_group for gs in after_sets)
+        widths_after = layer_widths(model, spec)
+        layers = []
+        for layer, (before, after) in enumerate(zip(widths_before, widths_after)):
+            params = [
+                sum(gs.num_groups * gs.params_per_group for gs in sets if gs.layer == layer)
+                for sets in (all_sets, after_sets)
+            ]
+            layers.append({"layer": layer, "before": before, "after": after, "params_before": params[0],
+                           "params_after": params[1]})
+        return PruningReport(
+            importance=self.config.importance,
+            layout=self.config.layout,
+            pruning_ratio=self.config.pruning_ratio,
+            pruned_layers=list(layer_range),
+            params_before=params_before,
+            params_after=_count_params(model),
+            decoder_params_before=total_params,
+            decoder_params_after=decoder_after,
+            achieved_ratio=1 - decoder_after / total_params,
+            vanilla_config=vanilla,
+            layers=layers,
+            kept_groups={f"{layer}.{kind}": indices.tolist() for (layer, kind), indices in kept.items()},
+            fusion_alpha={f"{layer}.{kind}": list(alpha) for (layer, kind), alpha in fusion.alpha.items()}
+            if fusion
+            else {},
+            fusion_losses=fusion.losses if fusion else [],
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write the pruned model (safetensors), its config, tokenizer, `hywia_config.json` and the report.
+
+        The folder is written next to its destination and moved into place at the end, so an interrupted save
+        never leaves a folder that looks complete. An existing non-empty folder is replaced only with
+        `overwrite=True`.
+        """
+        if self.report is None:
+            raise RuntimeError("Call prune() before save_pretrained(): there is no pruned model to save yet.")
+        target = Path(save_directory).resolve()
+        if target.exists() and not target.is_dir():
+            raise ValueError(f"{target} is a file; pass a directory to save the pruned model into.")
+        if target.is_dir() and any(target.iterdir()) and not overwrite:
+            raise FileExistsError(f"{target} exists and is not empty; pass overwrite=True to replace it.")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            self.model.save_pretrained(staging)
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(staging)
+            self.config.save_pretrained(staging)
+            (staging / REPORT_NAME).write_text(self.report.to_json_string())
+            if getattr(self.model.config, "hywia_linear_shapes", None):
+                shutil.copyfile(MODELING_FILE, staging / os.path.basename(MODELING_FILE))
+            _replace_directory(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        logger.info(f"HyWIA: pruned model saved to {target}")
+        return target
+
+    def push_to_hub(
+        self, repo_id: str, private: bool | None = None, token: str | None = None, commit_message: str | None = None
+    ) -> str:
+        """Save the pruned model to a temporary folder and upload it to the Hub; returns the commit URL."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(Path(folder) / "model")
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            commit = api.upload_folder(
+                repo_id=repo_id,
+                folder_path=Path(folder) / "model",
+                commit_message=commit_message or f"Upload HyWIA-pruned model ({self.config.pruning_ratio:.0%})",
+            )
+        return str(commit)
+
+
+_TOKENIZER_KWARGS = ("gguf_file", "revision", "token", "cache_dir", "local_files_only", "subfolder", "trust_remote_code")
+
+
+def _count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _check_prunable(model: PreTrainedModel) -> None:
+    """Refuse models whose weights cannot be sliced; detach GGUF's quantizer (its weights are plain floats)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        method = str(getattr(quantizer.quantization_config, "quant_method", "")).lower()
+        if "gguf" not in method:
+            raise ValueError(
+                f"The model is quantized ({method}); HyWIA slices float weights. Load it without a "
+                "quantization_config (float32 or bfloat16), prune, then quantize the pruned model."
+            )
+        model.hf_quantizer = None
+        model.is_quantized = False
+        model.quantization_method = None
+        if hasattr(model.config, "quantization_config"):
+            delattr(model.config, "quantization_config")
+    for name, param in model.named_parameters():
+        if param.device.type == "meta":
+            raise ValueError(
+                f"Parameter {name} is on the meta device (offloaded or not materialised); load the model without "
+                "meta/disk offload before pruning."
+            )
+        if not param.dtype.is_floating_point:
+            raise ValueError(f"Parameter {name} has dtype {param.dtype}; HyWIA needs float weights.")
+
+
+def _replace_directory(staging: Path, target: Path) -> None:
+    """Move `staging` to `target`, replacing what is there, with the old contents removed only after the move."""
+    backup = None
+    if target.exists():
+        backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, backup)
+    os.replace(staging, target)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
