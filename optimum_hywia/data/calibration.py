@@ -1,0 +1,99 @@
+"""Calibration data: any text or token source, cut into windows of a fixed length."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+
+def prepare_calibration_data(
+    data: Any,
+    tokenizer: Any = None,
+    num_samples: int = 32,
+    sequence_length: int = 128,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Token windows of shape `[n, sequence_length]`, `n <= num_samples`, for gradients and fusion training.
+
+    `data` may be a list of strings, a path to a text file (`str` or `Path`), a `datasets.Dataset` (its `text`
+    column, else its first string column, else `input_ids`), a LongTensor of token ids (`[N, L]` rows or a 1-D
+    stream), or a list of token-id lists/tensors. Documents are joined with the EOS token into one stream that is cut
+    into consecutive windows; when there are more windows than `num_samples`, a seeded random subset is taken.
+    """
+    if num_samples < 1 or sequence_length < 1:
+        raise ValueError(f"num_samples and sequence_length must be >= 1, got {num_samples} and {sequence_length}.")
+    streams = _token_streams(data, tokenizer)
+    windows = []
+    for stream in streams:
+        usable = len(stream) // sequence_length * sequence_length
+        if usable:
+            windows.append(stream[:usable].view(-1, sequence_length))
+    total = sum(len(s) for s in streams)
+    if not windows:
+        raise ValueError(
+            f"The calibration data yields {total} tokens but one sample needs sequence_length={sequence_length} "
+            "tokens: pass more text or lower calibration_sequence_length."
+        )
+    samples = torch.cat(windows)
+    if len(samples) < num_samples:
+        logger.warning(
+            f"The calibration data yields {len(samples)} windows of {sequence_length} tokens, fewer than the "
+            f"{num_samples} requested; using {len(samples)}."
+        )
+        return samples
+    chosen = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))[:num_samples]
+    return samples[chosen.sort().values]
+
+
+def _token_streams(data: Any, tokenizer: Any) -> list[torch.Tensor]:
+    if isinstance(data, (str, os.PathLike)):
+        path = Path(data)
+        if not path.is_file():
+            raise ValueError(
+                f"calibration_data string {str(data)[:60]!r} is not an existing file; pass a list of strings for raw "
+                "text."
+            )
+        return _token_streams([path.read_text(encoding="utf-8")], tokenizer)
+    if isinstance(data, torch.Tensor):
+        if data.is_floating_point() or data.dtype == torch.bool:
+            raise ValueError(f"calibration token ids must be an integer tensor, got dtype {data.dtype}.")
+        if data.ndim == 1:
+            return [data.long()] if len(data) else []
+        if data.ndim == 2:
+            return [row.long() for row in data]
+        raise ValueError(f"calibration token ids must be 1-D or 2-D, got shape {tuple(data.shape)}.")
+    if _is_dataset(data):
+        columns = data.column_names
+        string_columns = [c for c in columns if data.features[c].dtype == "string"]
+        if "text" in columns or string_columns:
+            return _token_streams(list(data["text" if "text" in columns else string_columns[0]]), tokenizer)
+        if "input_ids" in columns:
+            return _token_streams([torch.tensor(ids) for ids in data["input_ids"]], tokenizer)
+        raise ValueError(f"The calibration dataset has no text or input_ids column (columns: {columns}).")
+    if isinstance(data, Sequence) and len(data) and all(isinstance(item, str) for item in data):
+        if tokenizer is None:
+            raise ValueError("Text calibration data needs a tokenizer: pass tokenizer= to HyWIAPruner.")
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        ids: list[int] = []
+        for text in data:
+            ids += tokenizer(text, add_special_tokens=False)["input_ids"] + eos
+        return [torch.tensor(ids, dtype=torch.long)]
+    if isinstance(data, Sequence) and len(data) and all(isinstance(item, (torch.Tensor, list, tuple)) for item in data):
+        return [_token_streams(torch.as_tensor(item), tokenizer)[0] for item in data if len(item)]
+    if isinstance(data, Sequence) and not len(data):
+        raise ValueError("The calibration data is empty: pass some text or token ids.")
+    raise ValueError(
+        f"Unsupported calibration data of type {type(data).__name__}: pass a list of strings, a text file path, a "
+        "datasets.Dataset or token ids."
+    )
+
+
+def _is_dataset(data: Any) -> bool:
+    return type(data).__name__ == "Dataset" and hasattr(data, "column_names") and hasattr(data, "features")

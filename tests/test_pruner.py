@@ -1,0 +1,185 @@
+"""End to end on tiny models: pruning is exact, meets the ratio, saves, reloads and generates."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from conftest import TINY_MODELS, VOCAB, make_tiny_model, run_python
+
+from optimum_hywia import HyWIAConfig, HyWIAPruner, load_pruned_model
+from optimum_hywia.configuration import IMPORTANCE_METHODS
+from optimum_hywia.groups import build_group_sets
+from optimum_hywia.importance import group_masks
+
+ARCHITECTURES = list(TINY_MODELS)
+LAYOUTS = ["uniform", "per_layer"]
+
+
+def tiny_config(**overrides) -> HyWIAConfig:
+    settings = dict(num_calibration_samples=8, calibration_sequence_length=32, calibration_batch_size=4, fusion_steps=3)
+    settings.update(overrides)
+    return HyWIAConfig(**settings)
+
+
+def masked_logits(reference, pruner: HyWIAPruner, inputs: torch.Tensor) -> torch.Tensor:
+    """Logits of the unpruned model with every removed group masked to zero."""
+    num_layers = reference.config.num_hidden_layers
+    sets = build_group_sets(reference, pruner.spec, range(num_layers), ("attention", "mlp"))
+    masks = {}
+    for group_set in sets:
+        kept = pruner.report.kept_groups.get(f"{group_set.layer}.{group_set.kind}")
+        if kept is not None:
+            masks[group_set.key] = torch.zeros(group_set.num_groups)
+            masks[group_set.key][kept] = 1.0
+    with torch.no_grad(), group_masks(sets, masks):
+        return reference(inputs).logits
+
+
+@pytest.mark.parametrize("importance", IMPORTANCE_METHODS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_pruning_is_exact_and_meets_the_ratio(architecture, layout, importance, token_batch):
+    model = make_tiny_model(architecture)
+    reference = copy.deepcopy(model)
+    ratio = 0.3
+    pruner = HyWIAPruner(model, tiny_config(pruning_ratio=ratio, layout=layout, importance=importance))
+    pruned = pruner.prune(token_batch, show_progress=False)
+    report = pruner.report
+
+    inputs = torch.randint(3, VOCAB, (2, 20), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        logits = pruned(inputs).logits
+    torch.testing.assert_close(logits, masked_logits(reference, pruner, inputs), rtol=1e-5, atol=1e-5)
+
+    pruned_layer_params = sum(report.layers[i]["params_before"] for i in report.pruned_layers)
+    removed = report.decoder_params_before - report.decoder_params_after
+    assert abs(removed - ratio * report.decoder_params_before) <= 0.02 * pruned_layer_params
+    assert report.params_before - report.params_after == removed
+    assert sum(p.numel() for p in pruned.parameters()) == report.params_after
+
+    # KV-cache generation agrees with cache-free greedy decoding
+    prompt = inputs[:1, :6]
+    cached = pruned.generate(prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False, use_cache=True)
+    uncached = pruned.generate(prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False, use_cache=False)
+    assert cached.shape == (1, 12)
+    assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_saved_checkpoint_reloads_in_a_fresh_process(architecture, layout, token_batch, tmp_path):
+    model = make_tiny_model(architecture)
+    pruner = HyWIAPruner(model, tiny_config(pruning_ratio=0.5, layout=layout))
+    pruner.prune(token_batch, show_progress=False)
+    folder = pruner.save_pretrained(tmp_path / "pruned")
+    inputs = torch.arange(3, 23)[None]
+    with torch.no_grad():
+        expected = model(inputs).logits[0, -3:]
+
+    files = {path.name for path in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "hywia_config.json", "hywia_report.json"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth", ".pkl")) for name in files)
+    assert ("modeling_hywia.py" in files) == (not pruner.report.vanilla_config)
+    if layout == "per_layer":
+        assert not pruner.report.vanilla_config
+    if architecture != "llama-mha" and layout == "uniform":
+        assert pruner.report.vanilla_config  # head counts the vanilla config accepts were chosen
+
+    remote = not pruner.report.vanilla_config
+    output = run_python(
+        f"""
+import json, sys, torch
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code={remote})
+with torch.no_grad():
+    logits = model(torch.arange(3, 23)[None]).logits[0, -3:]
+generated = model.generate(torch.arange(3, 9)[None], max_new_tokens=4, min_new_tokens=4, do_sample=False)
+print(json.dumps({{"logits": logits.tolist(), "generated": generated.shape[1], "class": type(model).__name__,
+                  "imported": "optimum_hywia" in sys.modules}}))
+"""
+    )
+    result = json.loads(output.strip().splitlines()[-1])
+    torch.testing.assert_close(torch.tensor(result["logits"]), expected, rtol=0, atol=1e-6)
+    assert result["generated"] == 10
+    assert result["imported"] is False
+    assert result["class"].startswith("HyWIA") == remote
+
+    # the package's own loader needs no remote code and gives the same model
+    reloaded = load_pruned_model(folder)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(inputs).logits[0, -3:], expected, rtol=0, atol=1e-6)
+
+
+def test_uniform_heads_the_vanilla_config_rejects_fall_back_to_the_override(token_batch, caplog):
+    # 8 heads, hidden 64: 20% of the decoder taken from attention alone leaves 5 heads; LlamaConfig rejects 64 % 5
+    model = make_tiny_model("llama-mha")
+    pruner = HyWIAPruner(model, tiny_config(pruning_ratio=0.2, layout="uniform", group_kinds=("attention",)))
+    pruner.prune(token_batch, show_progress=False)
+    assert pruner.report.vanilla_config is False
+    assert model.config.num_attention_heads == 8  # the config keeps vanilla-valid values
+    assert model.config.hywia_layer_widths[0]["num_attention_heads"] == 5
+    assert model.config.auto_map["AutoModelForCausalLM"] == "modeling_hywia.HyWIALlamaForCausalLM"
+
+
+def test_report_records_the_learned_blend_and_per_layer_widths(token_batch):
+    model = make_tiny_model("llama-gqa")
+    pruner = HyWIAPruner(model, tiny_config(pruning_ratio=0.4, layout="per_layer"))
+    pruner.prune(token_batch, show_progress=False)
+    report = pruner.report
+    assert len(report.fusion_losses) == 3
+    assert set(report.fusion_alpha) == {f"{layer}.{kind}" for layer in range(4) for kind in ("attention", "mlp")}
+    for fine, coarse in report.fusion_alpha.values():
+        assert fine + coarse == pytest.approx(1.0)
+    assert [layer["after"]["intermediate_size"] for layer in report.layers] == [
+        len(report.kept_groups[f"{layer}.mlp"]) for layer in range(4)
+    ]
+    assert set(report.seconds) >= {"gradients", "fusion", "surgery", "total"}
+
+
+def test_default_layer_range_keeps_first_and_last_layers_for_per_layer(token_batch):
+    model = make_tiny_model("llama-gqa", num_hidden_layers=16)
+    pruner = HyWIAPruner(model, tiny_config(pruning_ratio=0.2, layout="per_layer", importance="l2"))
+    pruner.prune(show_progress=False)
+    assert pruner.report.pruned_layers == list(range(2, 15))
+    assert pruner.report.layers[0]["after"] == pruner.report.layers[0]["before"]
+    assert pruner.report.layers[15]["after"] == pruner.report.layers[15]["before"]
+
+
+def test_prune_needs_calibration_data_for_gradient_methods():
+    pruner = HyWIAPruner(make_tiny_model("llama-gqa"), tiny_config())
+    with pytest.raises(ValueError, match="needs calibration_data"):
+        pruner.prune(show_progress=False)
+
+
+def test_prune_twice_and_save_before_prune_are_refused(token_batch, tmp_path):
+    pruner = HyWIAPruner(make_tiny_model("llama-gqa"), tiny_config(importance="l2"))
+    with pytest.raises(RuntimeError, match="Call prune"):
+        pruner.save_pretrained(tmp_path / "x")
+    pruner.prune(show_progress=False)
+    with pytest.raises(RuntimeError, match="already pruned"):
+        pruner.prune(show_progress=False)
+
+
+def test_save_refuses_a_non_empty_folder_unless_overwrite(token_batch, tmp_path):
+    pruner = HyWIAPruner(make_tiny_model("llama-gqa"), tiny_config(importance="l2"))
+    pruner.prune(show_progress=False)
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "keep.txt").write_text("user data")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        pruner.save_pretrained(target)
+    assert (target / "keep.txt").read_text() == "user data"
+    pruner.save_pretrained(target, overwrite=True)
+    assert not (target / "keep.txt").exists() and (target / "model.safetensors").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no staging folders left behind
+
+
+def test_unsupported_architecture_fails_early_with_the_supported_list():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32))
+    with pytest.raises(ValueError, match=r"model_type='gpt2'.*Supported: \['llama', 'mistral', 'qwen2'\]"):
+        HyWIAPruner(model)
