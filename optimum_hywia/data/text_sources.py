@@ -21,7 +21,6 @@ _RULES = [
     (re.compile(r"<ref[^>]*/>", re.S), ""),
     (re.compile(r"<ref[^>]*>.*?</ref>", re.S), ""),
     (re.compile(r"\{\|.*?\|\}", re.S), ""),
-    (re.compile(r"\[\[(?:File|Image|Category):[^\[\]]*(?:\[\[[^\]]*\]\][^\[\]]*)*\]\]", re.I), ""),
     (re.compile(r"\[\[[a-z\-]{2,12}:[^\]]*\]\]"), ""),  # interlanguage links
     (re.compile(r"\[\[(?:[^|\]]*\|)?([^\]]*)\]\]"), r"\1"),
     (re.compile(r"\[https?://[^\s\]]+\s*([^\]]*)\]"), r"\1"),
@@ -50,9 +49,29 @@ def _strip_templates(text: str) -> str:
     return "".join(out)
 
 
+_MEDIA_LINK = re.compile(r"\[\[(?:File|Image|Category):", re.I)
+
+
+def _strip_media_links(text: str) -> str:
+    """Remove `[[File:...]]`-style links, whose captions may hold nested links."""
+    while match := _MEDIA_LINK.search(text):
+        depth, i = 0, match.start()
+        while i < len(text):
+            if text.startswith("[[", i):
+                depth, i = depth + 1, i + 2
+            elif text.startswith("]]", i):
+                depth, i = depth - 1, i + 2
+                if depth == 0:
+                    break
+            else:
+                i += 1
+        text = text[: match.start()] + text[i:]
+    return text
+
+
 def clean_wikitext(text: str) -> str:
     """MediaWiki markup to plain prose."""
-    text = _strip_templates(text)
+    text = _strip_media_links(_strip_templates(text))
     for pattern, replacement in _RULES:
         text = pattern.sub(replacement, text)
     return text.strip()
