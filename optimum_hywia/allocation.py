@@ -96,8 +96,7 @@ def _plan_uniform(plan: PruningPlan, spec, model_config, group_sets: list[GroupS
         heads_per_group = attention.units_per_group["q_heads"]
         hidden = getattr(model_config, spec.config_keys.hidden_size)
         valid = [
-            n for n in range(1, groups + 1)
-            if not spec.hidden_divisible_by_heads or hidden % (n * heads_per_group) == 0
+            n for n in range(1, groups + 1) if not spec.hidden_divisible_by_heads or hidden % (n * heads_per_group) == 0
         ]
         nearest = min(valid, key=lambda n: (abs(n - target), -n))
         # the MLP width absorbs a head count off by one group; attention alone must hit its target

@@ -92,8 +92,13 @@ class HyWIAConfig:
             _check_number(name, getattr(self, name), int)
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
-        for name in ("fusion_hidden_size", "num_calibration_samples", "calibration_sequence_length",
-                     "calibration_batch_size", "round_to"):
+        for name in (
+            "fusion_hidden_size",
+            "num_calibration_samples",
+            "calibration_sequence_length",
+            "calibration_batch_size",
+            "round_to",
+        ):
             _check_number(name, getattr(self, name), int)
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -104,7 +109,9 @@ class HyWIAConfig:
         if len(self.fusion_temperature) != 2 or not all(
             isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in self.fusion_temperature
         ):
-            raise ValueError(f"fusion_temperature must be two positive numbers (start, end), got {self.fusion_temperature}.")
+            raise ValueError(
+                f"fusion_temperature must be two positive numbers (start, end), got {self.fusion_temperature}."
+            )
         if self.layer_range is not None:
             if len(self.layer_range) != 2 or not all(
                 isinstance(i, int) and not isinstance(i, bool) for i in self.layer_range

@@ -183,8 +183,9 @@ class HyWIAPruner:
             return scores
         return {gs.key: scores[gs.key] / gs.params_per_group for gs in group_sets}
 
-    def _make_report(self, all_sets, group_sets, kept, fusion, layer_range, params_before, total_params,
-                     widths_before, vanilla) -> PruningReport:
+    def _make_report(
+        self, all_sets, group_sets, kept, fusion, layer_range, params_before, total_params, widths_before, vanilla
+    ) -> PruningReport:
         model, spec = self.model, self.spec
         after_sets = build_group_sets(model, spec, range(len(widths_before)), ("attention", "mlp"))
         decoder_after = sum(gs.num_groups * gs.params_per_group for gs in after_sets)
@@ -195,8 +196,15 @@ class HyWIAPruner:
                 sum(gs.num_groups * gs.params_per_group for gs in sets if gs.layer == layer)
                 for sets in (all_sets, after_sets)
             ]
-            layers.append({"layer": layer, "before": before, "after": after, "params_before": params[0],
-                           "params_after": params[1]})
+            layers.append(
+                {
+                    "layer": layer,
+                    "before": before,
+                    "after": after,
+                    "params_before": params[0],
+                    "params_after": params[1],
+                }
+            )
         return PruningReport(
             importance=self.config.importance,
             layout=self.config.layout,
@@ -265,7 +273,15 @@ class HyWIAPruner:
         return str(commit)
 
 
-_TOKENIZER_KWARGS = ("gguf_file", "revision", "token", "cache_dir", "local_files_only", "subfolder", "trust_remote_code")
+_TOKENIZER_KWARGS = (
+    "gguf_file",
+    "revision",
+    "token",
+    "cache_dir",
+    "local_files_only",
+    "subfolder",
+    "trust_remote_code",
+)
 
 
 def _count_params(model: torch.nn.Module) -> int:

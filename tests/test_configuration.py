@@ -11,8 +11,14 @@ from optimum_hywia.configuration import CONFIG_NAME
 
 
 def test_round_trip_through_hywia_config_json(tmp_path):
-    config = HyWIAConfig(pruning_ratio=0.5, importance="element2", layout="per_layer", layer_range=(2, 7),
-                         group_kinds=["mlp"], fusion_temperature=[2.0, 0.1])
+    config = HyWIAConfig(
+        pruning_ratio=0.5,
+        importance="element2",
+        layout="per_layer",
+        layer_range=(2, 7),
+        group_kinds=["mlp"],
+        fusion_temperature=[2.0, 0.1],
+    )
     path = config.save_pretrained(tmp_path)
     assert path.name == CONFIG_NAME
     loaded = HyWIAConfig.from_pretrained(tmp_path)

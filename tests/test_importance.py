@@ -75,7 +75,8 @@ def test_weight_scores_l2_and_random():
     l2 = weight_scores("l2", group_sets)
     mlp = model.model.layers[0].mlp
     expected = (
-        mlp.gate_proj.weight[5].square().sum() + mlp.up_proj.weight[5].square().sum()
+        mlp.gate_proj.weight[5].square().sum()
+        + mlp.up_proj.weight[5].square().sum()
         + mlp.down_proj.weight[:, 5].square().sum()
     ).sqrt()
     assert float(l2[(0, "mlp")][5]) == pytest.approx(float(expected.detach()), rel=1e-5)
@@ -116,8 +117,14 @@ def test_fusion_starts_as_an_even_blend_and_alpha_is_a_distribution(token_batch)
     _, fusion = _fusion(model, fine, coarse)
     alpha = fusion.module()
     torch.testing.assert_close(alpha, torch.full_like(alpha, 0.5))
-    result = fusion.train(model, list(torch.split(token_batch, 4)), steps=4, learning_rate=0.1,
-                          temperature=(1.0, 0.1), show_progress=False)
+    result = fusion.train(
+        model,
+        list(torch.split(token_batch, 4)),
+        steps=4,
+        learning_rate=0.1,
+        temperature=(1.0, 0.1),
+        show_progress=False,
+    )
     assert len(result.losses) == 4
     assert all(abs(sum(pair) - 1) < 1e-6 for pair in result.alpha.values())
     assert all(torch.isfinite(scores).all() for scores in result.scores.values())

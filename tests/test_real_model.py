@@ -22,8 +22,9 @@ def _pruner(config: HyWIAConfig) -> HyWIAPruner:
 
 
 def _wiki_perplexity(model, tokenizer) -> float:
-    return perplexity(model, tokenizer, wikipedia_texts(max_articles=3), sequence_length=256, max_windows=4,
-                      show_progress=False)
+    return perplexity(
+        model, tokenizer, wikipedia_texts(max_articles=3), sequence_length=256, max_windows=4, show_progress=False
+    )
 
 
 def _pipeline_in_fresh_process(folder, remote: bool) -> dict:
@@ -43,8 +44,14 @@ print(json.dumps({{"text": text, "logits": logits.tolist(), "imported": "optimum
 
 
 def test_smollm2_hywia_20_percent_per_layer(tmp_path, record_property):
-    config = HyWIAConfig(pruning_ratio=0.2, layout="per_layer", num_calibration_samples=8,
-                         calibration_sequence_length=128, calibration_batch_size=8, fusion_steps=4)
+    config = HyWIAConfig(
+        pruning_ratio=0.2,
+        layout="per_layer",
+        num_calibration_samples=8,
+        calibration_sequence_length=128,
+        calibration_batch_size=8,
+        fusion_steps=4,
+    )
     pruner = _pruner(config)
     model, tokenizer = pruner.model, pruner.tokenizer
     assert (model.config.num_attention_heads, model.config.num_key_value_heads) == (9, 3)
@@ -55,8 +62,10 @@ def test_smollm2_hywia_20_percent_per_layer(tmp_path, record_property):
     pruned_ppl = _wiki_perplexity(model, tokenizer)
     record_property("dense_ppl", dense_ppl)
     record_property("pruned_ppl", pruned_ppl)
-    print(f"\nSmolLM2-135M hywia 20% per_layer: params {report.params_before:,} -> {report.params_after:,}, "
-          f"wiki PPL {dense_ppl:.2f} -> {pruned_ppl:.2f}")
+    print(
+        f"\nSmolLM2-135M hywia 20% per_layer: params {report.params_before:,} -> {report.params_after:,}, "
+        f"wiki PPL {dense_ppl:.2f} -> {pruned_ppl:.2f}"
+    )
     assert abs(report.achieved_ratio - 0.2) < 0.02
     assert report.pruned_layers == list(range(3, 28))
     assert math.isfinite(pruned_ppl) and dense_ppl < pruned_ppl < 10 * dense_ppl  # sanity bounds only

