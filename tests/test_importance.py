@@ -25,18 +25,30 @@ def _naive_scores(model, batches, group_sets):
         model(input_ids=batch, labels=batch).loss.backward()
         for group_set in group_sets:
             for projection in group_set.projections:
-                weight = projection.module.weight
-                grads.setdefault(projection.name, []).append(weight.grad.clone())
+                module = projection.module
+                pair = (module.weight.grad.clone(), module.bias.grad.clone() if module.bias is not None else None)
+                grads.setdefault(projection.name, []).append(pair)
     results = {"element1": {}, "element2": {}, "vector": {}}
     for group_set in group_sets:
         per = {name: [] for name in results}
         for projection in group_set.projections:
-            weight = projection.module.weight.detach()
-            dim = 1 if projection.spec.dim == "out" else 0
-            saliences = [weight * grad for grad in grads[projection.name]]
+            module = projection.module
+            if projection.spec.dim == "out":
+                # a row's salience: its weights, plus its bias when the projection has one
+                with_bias = module.bias is not None
+                saliences = [
+                    torch.cat([module.weight.detach() * w, (module.bias.detach() * b)[:, None]], 1)
+                    if with_bias
+                    else module.weight.detach() * w
+                    for w, b in grads[projection.name]
+                ]
+                dim = 1
+            else:
+                saliences = [module.weight.detach() * w for w, _ in grads[projection.name]]
+                dim = 0
             per["element1"].append(sum(s.abs().sum(dim) for s in saliences))
             per["element2"].append(sum(s.square().sum(dim) for s in saliences) / len(batches))
-            per["vector"].append(sum(s for s in saliences).sum(dim).abs())
+            per["vector"].append(sum(s.sum(dim) for s in saliences).abs())
         for name in results:
             results[name][group_set.key] = group_sum(group_set, per[name])
     return results
@@ -45,9 +57,6 @@ def _naive_scores(model, batches, group_sets):
 @pytest.mark.parametrize("architecture", ["llama-gqa", "qwen2"])
 def test_lean_statistics_equal_the_full_gradient_computation(architecture, token_batch):
     model = make_tiny_model(architecture)
-    if architecture == "qwen2":
-        # biases are part of a group's salience: compare weights only by dropping them from the reference model
-        pass
     group_sets = build_group_sets(model, SPEC, range(4), KINDS)
     batches = list(torch.split(token_batch, 4))
     statistics = GradientStatistics(group_sets)
@@ -56,16 +65,10 @@ def test_lean_statistics_equal_the_full_gradient_computation(architecture, token
     assert all(param.requires_grad for param in model.parameters())  # restored
 
     reference_model = make_tiny_model(architecture)
-    for module in reference_model.modules():
-        if isinstance(module, torch.nn.Linear) and module.bias is not None:
-            module.bias.requires_grad_(False)
     reference = _naive_scores(reference_model, batches, build_group_sets(reference_model, SPEC, range(4), KINDS))
     for method in ("element1", "element2", "vector"):
         lean = gradient_scores(method, statistics)
         for key, expected in reference[method].items():
-            if architecture == "qwen2" and key[1] == "attention":
-                assert (lean[key] >= expected * (1 - 1e-5)).all() or method == "vector"  # + bias salience
-                continue
             torch.testing.assert_close(lean[key], expected.double(), rtol=1e-4, atol=1e-9)
 
 

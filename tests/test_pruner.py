@@ -183,3 +183,46 @@ def test_unsupported_architecture_fails_early_with_the_supported_list():
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32))
     with pytest.raises(ValueError, match=r"model_type='gpt2'.*Supported: \['llama', 'mistral', 'qwen2'\]"):
         HyWIAPruner(model)
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_untouched(token_batch, tmp_path, monkeypatch):
+    pruner = HyWIAPruner(make_tiny_model("llama-gqa"), tiny_config(importance="l2"))
+    pruner.prune(show_progress=False)
+    target = pruner.save_pretrained(tmp_path / "out")
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def broken_write(self, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(HyWIAConfig, "save_pretrained", broken_write)
+    with pytest.raises(OSError, match="disk full"):
+        pruner.save_pretrained(target, overwrite=True)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_push_to_hub_uploads_the_saved_folder(token_batch, monkeypatch):
+    import huggingface_hub
+
+    calls = {}
+
+    class RecordingApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls["repo"] = (repo_id, private, exist_ok)
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls["files"] = sorted(p.name for p in folder_path.iterdir())
+            calls["message"] = commit_message
+            return f"https://hub.example/{repo_id}/commit/1"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    pruner = HyWIAPruner(make_tiny_model("llama-gqa"), tiny_config(importance="l2", pruning_ratio=0.25))
+    pruner.prune(show_progress=False)
+    url = pruner.push_to_hub("me/tiny-hywia", private=True, token="secret")
+    assert url.endswith("/commit/1")
+    assert calls["repo"] == ("me/tiny-hywia", True, True) and calls["token"] == "secret"
+    assert {"config.json", "model.safetensors", "hywia_config.json", "hywia_report.json"} <= set(calls["files"])
+    assert calls["message"] == "Upload HyWIA-pruned model (25%)"
