@@ -2,13 +2,13 @@
 
 from .base import ArchitectureSpec, Projection
 
-LLAMA_ATTENTION = (
+ATTENTION = (
     Projection("self_attn.q_proj", "out", "q_heads"),
     Projection("self_attn.k_proj", "out", "kv_heads"),
     Projection("self_attn.v_proj", "out", "kv_heads"),
     Projection("self_attn.o_proj", "in", "q_heads"),
 )
-LLAMA_MLP = (
+MLP = (
     Projection("mlp.gate_proj", "out", "channels"),
     Projection("mlp.up_proj", "out", "channels"),
     Projection("mlp.down_proj", "in", "channels"),
@@ -18,6 +18,6 @@ LLAMA = ArchitectureSpec(
     name="Llama",
     model_types=("llama",),
     layers="model.layers",
-    attention=LLAMA_ATTENTION,
-    mlp=LLAMA_MLP,
+    attention=ATTENTION,
+    mlp=MLP,
 )

@@ -1,12 +1,7 @@
-"""Mistral: the Llama layout with sliding-window attention."""
+"""Mistral: the Llama layout (GQA, SwiGLU) with sliding-window attention, which pruning does not touch."""
 
-from .base import ArchitectureSpec
-from .llama import LLAMA_ATTENTION, LLAMA_MLP
+from dataclasses import replace
 
-MISTRAL = ArchitectureSpec(
-    name="Mistral",
-    model_types=("mistral",),
-    layers="model.layers",
-    attention=LLAMA_ATTENTION,
-    mlp=LLAMA_MLP,
-)
+from .llama import LLAMA
+
+MISTRAL = replace(LLAMA, name="Mistral", model_types=("mistral",))

@@ -105,7 +105,9 @@ class HybridFusion:
         self.group_sets = group_sets
         self.plan = plan
         self.relative = [torch.stack([relative(fine[gs.key]), relative(coarse[gs.key])]).float() for gs in group_sets]
-        self.level = [float(fine[gs.key].sum() / (gs.num_groups * gs.params_per_group)) for gs in group_sets]
+        # slot level: fine-grained importance per parameter, scaled to mean 1 (only ratios between slots matter)
+        level = torch.tensor([float(fine[gs.key].sum()) / (gs.num_groups * gs.params_per_group) for gs in group_sets])
+        self.level = (level / level.mean().clamp_min(EPS)).tolist()
         features = torch.stack(
             [
                 slot_features(fine[gs.key], coarse[gs.key], gs.layer / max(num_layers - 1, 1), gs.kind)
@@ -120,14 +122,8 @@ class HybridFusion:
         fused = {}
         for i, group_set in enumerate(self.group_sets):
             blend = alpha[i] @ self.relative[i]
-            if self.plan.layout == "per_layer":
-                blend = blend * (self.level[i] / (self.level_scale))
-            fused[group_set.key] = blend
+            fused[group_set.key] = blend * self.level[i] if self.plan.layout == "per_layer" else blend
         return fused
-
-    @property
-    def level_scale(self) -> float:
-        return max(sum(self.level) / len(self.level), EPS)
 
     def soft_masks(self, scores: dict[Key, torch.Tensor], temperature: float) -> dict[Key, torch.Tensor]:
         """Masks in (0, 1) that keep, in expectation, what the hard selection at this plan would keep."""
