@@ -248,6 +248,7 @@ class HyWIAPruner:
             (staging / REPORT_NAME).write_text(self.report.to_json_string())
             if getattr(self.model.config, "hywia_linear_shapes", None):
                 shutil.copyfile(MODELING_FILE, staging / os.path.basename(MODELING_FILE))
+            _apply_default_permissions(staging)
             _replace_directory(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -311,6 +312,15 @@ def _check_prunable(model: PreTrainedModel) -> None:
             )
         if not param.dtype.is_floating_point:
             raise ValueError(f"Parameter {name} has dtype {param.dtype}; HyWIA needs float weights.")
+
+
+def _apply_default_permissions(folder: Path) -> None:
+    """Staging folders are private (mkdtemp); the result gets the permissions a plain mkdir/open would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _replace_directory(staging: Path, target: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import pytest
 import torch
@@ -226,3 +227,13 @@ def test_push_to_hub_uploads_the_saved_folder(token_batch, monkeypatch):
     assert calls["repo"] == ("me/tiny-hywia", True, True) and calls["token"] == "secret"
     assert {"config.json", "model.safetensors", "hywia_config.json", "hywia_report.json"} <= set(calls["files"])
     assert calls["message"] == "Upload HyWIA-pruned model (25%)"
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path):
+    pruner = HyWIAPruner(make_tiny_model("llama-gqa"), tiny_config(importance="l2"))
+    pruner.prune(show_progress=False)
+    folder = pruner.save_pretrained(tmp_path / "out")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert all(path.stat().st_mode & 0o777 == 0o666 & ~umask for path in folder.iterdir())
