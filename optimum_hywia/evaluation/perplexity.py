@@ -12,20 +12,29 @@ from tqdm.auto import tqdm
 
 
 def _token_ids(text: Any, tokenizer: Any) -> torch.Tensor:
+    """One 1-D LongTensor stream of token ids from any accepted `text`."""
     if isinstance(text, torch.Tensor):
+        if text.is_floating_point() or text.is_complex() or text.dtype == torch.bool:
+            raise ValueError(f"Evaluation token ids must be an integer tensor, got dtype {text.dtype}.")
         return text.flatten().long()
-    if type(text).__name__ == "Dataset" and hasattr(text, "column_names"):
-        column = "text" if "text" in text.column_names else text.column_names[0]
-        text = list(text[column])
-    if isinstance(text, os.PathLike) or (isinstance(text, str) and len(text) < 4096 and Path(text).is_file()):
+    if type(text).__name__ == "Dataset" and hasattr(text, "column_names") and hasattr(text, "features"):
+        columns = text.column_names
+        strings = [c for c in columns if getattr(text.features[c], "dtype", None) in ("string", "large_string")]
+        if "text" not in columns and not strings:
+            raise ValueError(f"The evaluation dataset has no string column (columns: {columns}).")
+        text = list(text["text" if "text" in columns else strings[0]])
+    if isinstance(text, os.PathLike) or (isinstance(text, str) and os.path.isfile(text)):
         text = Path(text).read_text(encoding="utf-8")
-    if isinstance(text, (list, tuple)):
+    if isinstance(text, (list, tuple)) and all(isinstance(item, str) for item in text):
         text = "\n\n".join(text)
     if not isinstance(text, str):
-        raise ValueError(f"Unsupported evaluation text of type {type(text).__name__}.")
+        raise ValueError(
+            f"Unsupported evaluation text of type {type(text).__name__}: pass a string, a list of strings, a text "
+            "file path, a datasets.Dataset or token ids."
+        )
     if tokenizer is None:
-        raise ValueError("Perplexity on text needs a tokenizer.")
-    return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+        raise ValueError("Perplexity on text needs a tokenizer: pass tokenizer= (or token ids instead of text).")
+    return torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
 
 
 def perplexity(
@@ -37,29 +46,44 @@ def perplexity(
     batch_size: int = 1,
     show_progress: bool = True,
 ) -> float:
-    """exp(mean token NLL) over consecutive `sequence_length`-token windows of `text`, each scored on its own.
+    """exp(total NLL / predicted tokens) over consecutive `sequence_length`-token windows, each scored on its own.
 
-    `text`: a string, a list of strings (joined by blank lines), a text file path, a `datasets.Dataset` or token ids.
+    `text`: a string, a list of strings (joined by blank lines), a text file path, a `datasets.Dataset` (its `text`
+    column, else its first string column) or token ids. The first token of each window has no target; a tail
+    shorter than one window is dropped, and `max_windows` keeps only the first windows.
     """
+    if sequence_length < 2 or batch_size < 1 or (max_windows is not None and max_windows < 1):
+        raise ValueError(
+            f"Need sequence_length >= 2, batch_size >= 1 and max_windows >= 1 (or None), got {sequence_length}, "
+            f"{batch_size} and {max_windows}."
+        )
     ids = _token_ids(text, tokenizer)
     num_windows = len(ids) // sequence_length
     if max_windows is not None:
         num_windows = min(num_windows, max_windows)
     if num_windows < 1:
-        raise ValueError(f"The text has {len(ids)} tokens, fewer than one window of {sequence_length}.")
+        raise ValueError(
+            f"The text has {len(ids)} tokens, fewer than one window of sequence_length={sequence_length}: pass more "
+            "text or lower sequence_length."
+        )
     windows = ids[: num_windows * sequence_length].view(num_windows, sequence_length)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     total_nll, total_tokens = 0.0, 0
-    with torch.inference_mode():
-        for batch in tqdm(torch.split(windows, batch_size), desc="perplexity", disable=not show_progress):
-            batch = batch.to(device)
-            logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-            nll = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
-            )
-            total_nll += float(nll)
-            total_tokens += batch[:, 1:].numel()
-    model.train(was_training)
-    return math.exp(total_nll / total_tokens)
+    try:
+        with torch.inference_mode():
+            batches = torch.split(windows, batch_size)
+            for batch in tqdm(batches, desc="perplexity", disable=not show_progress):
+                batch = batch.to(device)
+                logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
+                targets = batch[:, 1:]
+                nll = torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
+                )
+                total_nll += float(nll)
+                total_tokens += targets.numel()
+    finally:
+        model.train(was_training)
+    mean_nll = total_nll / total_tokens
+    return math.exp(mean_nll) if mean_nll < 700 else math.inf
