@@ -63,18 +63,17 @@ def _token_streams(data: Any, tokenizer: Any) -> list[torch.Tensor]:
             )
         return _token_streams([Path(data).read_text(encoding="utf-8")], tokenizer)
     if isinstance(data, torch.Tensor):
-        if data.is_floating_point() or data.is_complex() or data.dtype == torch.bool:
-            raise ValueError(f"calibration token ids must be an integer tensor, got dtype {data.dtype}.")
+        check_integer_ids(data, "calibration")
         if data.ndim == 1:
             return [data.long()] if len(data) else []
         if data.ndim == 2:
             return [row.long() for row in data]
         raise ValueError(f"calibration token ids must be 1-D or 2-D, got shape {tuple(data.shape)}.")
-    if _is_dataset(data):
+    if is_dataset(data):
         columns = data.column_names
-        strings = [c for c in columns if getattr(data.features[c], "dtype", None) in ("string", "large_string")]
-        if "text" in columns or strings:
-            return _token_streams(list(data["text" if "text" in columns else strings[0]]), tokenizer)
+        column = text_column(data)
+        if column is not None:
+            return _token_streams(list(data[column]), tokenizer)
         if "input_ids" in columns:
             return _token_streams([list(ids) for ids in data["input_ids"]], tokenizer)
         raise ValueError(f"The calibration dataset has no string or input_ids column (columns: {columns}).")
@@ -97,5 +96,18 @@ def _token_streams(data: Any, tokenizer: Any) -> list[torch.Tensor]:
     )
 
 
-def _is_dataset(data: Any) -> bool:
+def is_dataset(data: Any) -> bool:
+    """Whether `data` is a `datasets.Dataset` (checked by duck typing, so `datasets` need not be imported)."""
     return type(data).__name__ == "Dataset" and hasattr(data, "column_names") and hasattr(data, "features")
+
+
+def text_column(dataset: Any) -> str | None:
+    """The dataset's `text` column, else its first string column, else None."""
+    columns = dataset.column_names
+    strings = [c for c in columns if getattr(dataset.features[c], "dtype", None) in ("string", "large_string")]
+    return "text" if "text" in columns else (strings[0] if strings else None)
+
+
+def check_integer_ids(ids: torch.Tensor, what: str) -> None:
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise ValueError(f"{what} token ids must be an integer tensor, got dtype {ids.dtype}.")

@@ -10,19 +10,19 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..data.calibration import check_integer_ids, is_dataset, text_column
+
 
 def _token_ids(text: Any, tokenizer: Any) -> torch.Tensor:
     """One 1-D LongTensor stream of token ids from any accepted `text`."""
     if isinstance(text, torch.Tensor):
-        if text.is_floating_point() or text.is_complex() or text.dtype == torch.bool:
-            raise ValueError(f"Evaluation token ids must be an integer tensor, got dtype {text.dtype}.")
+        check_integer_ids(text, "Evaluation")
         return text.flatten().long()
-    if type(text).__name__ == "Dataset" and hasattr(text, "column_names") and hasattr(text, "features"):
-        columns = text.column_names
-        strings = [c for c in columns if getattr(text.features[c], "dtype", None) in ("string", "large_string")]
-        if "text" not in columns and not strings:
-            raise ValueError(f"The evaluation dataset has no string column (columns: {columns}).")
-        text = list(text["text" if "text" in columns else strings[0]])
+    if is_dataset(text):
+        column = text_column(text)
+        if column is None:
+            raise ValueError(f"The evaluation dataset has no string column (columns: {text.column_names}).")
+        text = list(text[column])
     if isinstance(text, os.PathLike) or (isinstance(text, str) and os.path.isfile(text)):
         text = Path(text).read_text(encoding="utf-8")
     if isinstance(text, (list, tuple)) and all(isinstance(item, str) for item in text):
