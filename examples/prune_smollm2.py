@@ -11,34 +11,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 import time
-from urllib.parse import urlparse
 
 import torch
-from huggingface_hub import constants
 from transformers.utils import logging
 
 from optimum_hywia import HyWIAConfig, HyWIAPruner
 from optimum_hywia.data import lambada_texts, smollm2_gguf, wikipedia_texts
+from optimum_hywia.data.models import hub_reachable
 from optimum_hywia.evaluation import measure_throughput, perplexity
 
 HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick check, so that an offline machine falls back at once instead of after the Hub client's retries."""
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def load_pruner(model_id: str, config: HyWIAConfig) -> tuple[HyWIAPruner, str]:

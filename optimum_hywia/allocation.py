@@ -7,6 +7,7 @@ remove through one global ranking. `select_groups` then picks the kept groups fr
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,9 @@ from .groups import GroupSet
 logger = logging.get_logger(__name__)
 
 Key = tuple[int, str]
+
+# the achieved share of removed decoder-layer parameters may differ from pruning_ratio by at most this fraction of it
+RATIO_TOLERANCE = 0.25
 
 
 @dataclass
@@ -62,7 +66,8 @@ def plan_pruning(
                 f"{group_set.num_groups}: use a round_to <= {group_set.num_groups}."
             )
     removable = sum((gs.num_groups - min_groups[gs.kind]) * gs.params_per_group for gs in group_sets)
-    if remove > removable:
+    # a request within half of the smallest group of the maximum is met by the maximum (ratios are rounded numbers)
+    if remove > removable + min(gs.params_per_group for gs in group_sets) / 2:
         raise ValueError(
             f"pruning_ratio={config.pruning_ratio} asks to remove {remove:,} of the {total_params:,} decoder-layer "
             f"parameters, but the pruned layers can give at most {removable:,} "
@@ -72,7 +77,75 @@ def plan_pruning(
     plan = PruningPlan(config.layout, remove, total_params, {}, min_groups, config.round_to)
     if config.layout == "uniform":
         _plan_uniform(plan, spec, model_config, group_sets, remove / pruned_params)
+    _check_ratio_is_feasible(config, plan, group_sets)
     return plan
+
+
+def planned_removal(plan: PruningPlan, group_sets: list[GroupSet]) -> int:
+    """Parameters the plan will remove: exact for `uniform`; for `per_layer`, the request rounded to whole groups."""
+    if plan.layout == "uniform":
+        return sum((gs.num_groups - plan.kept_groups[gs.kind]) * gs.params_per_group for gs in group_sets)
+    step = min(gs.params_per_group for gs in group_sets)
+    return round(plan.remove_params / step) * step
+
+
+def feasible_removals(plan: PruningPlan, group_sets: list[GroupSet], amount: int) -> tuple[int | None, int | None]:
+    """The feasible removals (in parameters) nearest to `amount`: the largest one <= it and the smallest one >= it.
+
+    `uniform`: every pruned layer keeps the same number of KV-head groups (1..all) and of MLP channels (multiples of
+    `round_to`, or all). `per_layer`: any number of whole groups, the smallest group being the step.
+    """
+    if plan.layout == "per_layer":
+        step = min(gs.params_per_group for gs in group_sets)
+        removable = sum((gs.num_groups - plan.min_groups[gs.kind]) * gs.params_per_group for gs in group_sets)
+        below = min(amount // step * step, removable // step * step)
+        above = -(-amount // step) * step
+        return below, (above if above <= removable else None)
+    # uniform widths were checked by _plan_uniform: every set of a kind looks like the first one
+    removal_options = []
+    for kind in dict.fromkeys(gs.kind for gs in group_sets):
+        sets = [gs for gs in group_sets if gs.kind == kind]
+        width, cost = sets[0].num_groups, sets[0].params_per_group * len(sets)
+        kept_counts = range(1, width + 1) if kind == "attention" else [*range(plan.round_to, width + 1, plan.round_to)]
+        removal_options.append(sorted({(width - kept) * cost for kept in {*kept_counts, width}}))
+    first, second = removal_options[0], (removal_options[1] if len(removal_options) > 1 else [0])
+    below, above = None, None
+    for removed_first in first:  # for each option of one kind, the nearest options of the other, by bisection
+        index = bisect.bisect_right(second, amount - removed_first)
+        if index:
+            candidate = removed_first + second[index - 1]
+            below = candidate if below is None else max(below, candidate)
+        index = bisect.bisect_left(second, amount - removed_first)
+        if index < len(second):
+            candidate = removed_first + second[index]
+            above = candidate if above is None else min(above, candidate)
+    return below, above
+
+
+def _check_ratio_is_feasible(config: HyWIAConfig, plan: PruningPlan, group_sets: list[GroupSet]) -> None:
+    """Refuse a ratio the layout can only miss by more than `RATIO_TOLERANCE`, naming the nearest feasible ones."""
+    planned = planned_removal(plan, group_sets)
+    if abs(planned - plan.remove_params) <= RATIO_TOLERANCE * plan.remove_params:
+        if planned != plan.remove_params and abs(planned - plan.remove_params) > 0.01 * plan.total_params:
+            logger.warning(
+                f"pruning_ratio={config.pruning_ratio} is met as {planned / plan.total_params:.3f}: the nearest "
+                f"feasible removal with layout={config.layout!r} and group_kinds={list(config.group_kinds)}."
+            )
+        return
+    below, above = feasible_removals(plan, group_sets, plan.remove_params)
+    ratios = [amount / plan.total_params for amount in (below, above) if amount]
+    nearest = " or ".join(f"{ratio:.4g}" for ratio in ratios) or "none"
+    units = {"attention": "KV-head groups", "mlp": f"MLP channels (multiples of round_to={config.round_to})"}
+    granularity = " and ".join(units[kind] for kind in config.group_kinds)
+    if config.layout == "uniform":
+        granularity = f"every pruned layer keeps the same number of {granularity}"
+    else:
+        granularity = f"only whole {granularity} are removed"
+    raise ValueError(
+        f"pruning_ratio={config.pruning_ratio} cannot be met with layout={config.layout!r} ({granularity}; the "
+        f"plan would remove {planned / plan.total_params:.4g}): use the nearest feasible pruning_ratio {nearest}, "
+        + ("or add group kinds." if config.layout == "per_layer" else "add group kinds, or use layout='per_layer'.")
+    )
 
 
 def _plan_uniform(plan: PruningPlan, spec, model_config, group_sets: list[GroupSet], fraction: float) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ IMPORTANCE_METHODS = ("hywia", "element1", "element2", "vector", "l2", "random")
 FINE_ESTIMATORS = ("element1", "element2")
 GROUP_KINDS = ("attention", "mlp")
 LAYOUTS = ("uniform", "per_layer")
+AUTOCAST_DTYPES = ("bfloat16",)
 
 
 @dataclass
@@ -33,6 +35,8 @@ class HyWIAConfig:
         fusion_learning_rate: Adam learning rate of the fusion module.
         fusion_hidden_size: width of the fusion attention's query/key space.
         fusion_temperature: (start, end) temperature of the soft masks, annealed geometrically during training.
+        fusion_alpha: a fixed fine-grained weight in [0, 1] for every slot instead of the learned blend (no fusion
+            training; an ablation: 1 ranks like the fine estimator, 0 like `vector` inside each slot).
         group_kinds: which prunable groups to remove: `"attention"` (KV-head groups) and/or `"mlp"` (channels).
         layer_range: `[start, end)` decoder layers to prune. `None`: every layer for the `uniform` layout (so that
             all layers share one width and the vanilla config describes them); for `per_layer`, the first `n // 8`
@@ -43,6 +47,12 @@ class HyWIAConfig:
         calibration_sequence_length: tokens per calibration window.
         calibration_batch_size: windows per forward/backward pass.
         round_to: kept MLP widths are rounded to a multiple of this (GEMM-friendly shapes).
+        calibration_micro_batch_size: rows per forward/backward pass inside a calibration batch (`None`: the whole
+            batch). Each micro-batch is checkpointed and recomputed during backward, so the statistics stay those of
+            the whole batch while activations shrink; the batch gradient of the pruned weights is accumulated once.
+        autocast_dtype: `None` (the model's dtype) or `"bfloat16"`: autocast of the calibration forward passes.
+        gradient_checkpointing: recompute each decoder layer during backward instead of keeping its activations.
+        check_memory: print a memory estimate before calibration and refuse a run that cannot fit.
         seed: seed of calibration sampling, fusion initialisation and the `"random"` baseline.
     """
 
@@ -53,6 +63,7 @@ class HyWIAConfig:
     fusion_learning_rate: float = 0.05
     fusion_hidden_size: int = 8
     fusion_temperature: tuple[float, float] = (1.0, 0.05)
+    fusion_alpha: float | None = None
     group_kinds: tuple[str, ...] = GROUP_KINDS
     layer_range: tuple[int, int] | None = None
     layout: str = "uniform"
@@ -60,16 +71,22 @@ class HyWIAConfig:
     calibration_sequence_length: int = 128
     calibration_batch_size: int = 8
     round_to: int = 1
+    calibration_micro_batch_size: int | None = None
+    autocast_dtype: str | None = None
+    gradient_checkpointing: bool = False
+    check_memory: bool = True
     seed: int = 0
     optimum_hywia_version: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.group_kinds, str):
             self.group_kinds = (self.group_kinds,)
-        self.group_kinds = tuple(self.group_kinds)
-        self.fusion_temperature = tuple(self.fusion_temperature)
+        self.group_kinds = _as_tuple("group_kinds", self.group_kinds, 'e.g. ["attention", "mlp"]')
+        self.fusion_temperature = _as_tuple("fusion_temperature", self.fusion_temperature, "e.g. [1.0, 0.05]")
         if self.layer_range is not None:
-            self.layer_range = tuple(self.layer_range)
+            self.layer_range = _as_tuple("layer_range", self.layer_range, "e.g. [2, 30], or null for the default")
+        if not isinstance(self.optimum_hywia_version, str):
+            raise ValueError(f"optimum_hywia_version must be a string, got {self.optimum_hywia_version!r}.")
         if not self.optimum_hywia_version:
             from . import __version__
 
@@ -102,15 +119,32 @@ class HyWIAConfig:
             _check_number(name, getattr(self, name), int)
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.calibration_micro_batch_size is not None:
+            _check_number("calibration_micro_batch_size", self.calibration_micro_batch_size, int)
+            if self.calibration_micro_batch_size < 1:
+                raise ValueError(
+                    f"calibration_micro_batch_size must be >= 1 or None, got {self.calibration_micro_batch_size}."
+                )
+        if self.autocast_dtype is not None:
+            _check_choice("autocast_dtype", self.autocast_dtype, AUTOCAST_DTYPES)
+        for name in ("gradient_checkpointing", "check_memory"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         _check_number("seed", self.seed, int)
+        if self.fusion_alpha is not None:
+            _check_number("fusion_alpha", self.fusion_alpha, float)
+            if not 0.0 <= self.fusion_alpha <= 1.0:
+                raise ValueError(f"fusion_alpha must be in [0, 1] (or None to learn it), got {self.fusion_alpha}.")
         _check_number("fusion_learning_rate", self.fusion_learning_rate, float)
-        if self.fusion_learning_rate <= 0:
-            raise ValueError(f"fusion_learning_rate must be > 0, got {self.fusion_learning_rate}.")
+        if not 0 < self.fusion_learning_rate < math.inf:
+            raise ValueError(f"fusion_learning_rate must be > 0 and finite, got {self.fusion_learning_rate}.")
         if len(self.fusion_temperature) != 2 or not all(
-            isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in self.fusion_temperature
+            isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < math.inf
+            for t in self.fusion_temperature
         ):
             raise ValueError(
-                f"fusion_temperature must be two positive numbers (start, end), got {self.fusion_temperature}."
+                "fusion_temperature must be two positive numbers (start, end) like [1.0, 0.05], "
+                f"got {self.fusion_temperature}."
             )
         if self.layer_range is not None:
             if len(self.layer_range) != 2 or not all(
@@ -148,6 +182,9 @@ class HyWIAConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HyWIAConfig:
+        """Build a config from `hywia_config.json` content; unknown keys and wrong types get a `ValueError`."""
+        if not isinstance(data, dict):
+            raise ValueError(f"A HyWIAConfig is built from a dict (a JSON object), got {type(data).__name__}.")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -173,6 +210,10 @@ class HyWIAConfig:
         if not path.is_file():
             if Path(name_or_path).exists():
                 raise FileNotFoundError(f"No {CONFIG_NAME} in {name_or_path}.")
+            if _is_local_path(name_or_path):  # a typo'd folder: say so instead of asking the Hub
+                raise FileNotFoundError(
+                    f"{name_or_path} does not exist: pass a folder holding {CONFIG_NAME}, that file, or a Hub repo id."
+                )
             from huggingface_hub import hf_hub_download
 
             path = Path(hf_hub_download(str(name_or_path), CONFIG_NAME, **hub_kwargs))
@@ -183,6 +224,25 @@ class HyWIAConfig:
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}.")
         return cls.from_dict(data)
+
+
+def _is_local_path(name_or_path: str | os.PathLike) -> bool:
+    """Whether `name_or_path` can only mean a local path (a Hub repo id is `name` or `owner/name`)."""
+    text = os.fspath(name_or_path)
+    return (
+        isinstance(name_or_path, os.PathLike)
+        or os.path.isabs(text)
+        or text.startswith((".", "~"))
+        or text.count("/") > 1
+        or os.sep in text.replace("/", "")
+        or text.endswith(".json")
+    )
+
+
+def _as_tuple(name: str, value: Any, example: str) -> tuple:
+    if not isinstance(value, (list, tuple, range)):
+        raise ValueError(f"{name} must be a list, {example}; got {value!r}.")
+    return tuple(value)
 
 
 def _check_number(name: str, value: Any, kind: type) -> None:

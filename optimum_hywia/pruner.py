@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import glob
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,12 +22,22 @@ from .allocation import plan_pruning, select_groups
 from .architectures import ArchitectureSpec, get_architecture
 from .configuration import HyWIAConfig
 from .data import prepare_calibration_data
+from .distributed import (
+    RowShardedModel,
+    all_reduce_statistics,
+    broadcast_kept_groups,
+    distributed_world,
+    shard_batches,
+    summed_gradients,
+)
 from .groups import GroupSet, build_group_sets, decoder_layers
 from .importance.estimators import gradient_scores, weight_scores
 from .importance.fusion import HybridFusion
 from .importance.statistics import GradientStatistics
+from .memory import CalibrationModel, check_calibration_memory, estimate_calibration_memory
+from .model_card import ModelSource, describe_source, write_model_card
 from .modeling import MODELING_FILE
-from .surgery import layer_widths, remove_groups, rewrite_config
+from .surgery import layer_widths, remove_groups, restore_auto_map, rewrite_config
 
 logger = logging.get_logger(__name__)
 
@@ -72,10 +85,13 @@ class HyWIAPruner:
             raise TypeError(f"config must be a HyWIAConfig, got {type(self.config).__name__}.")
         if not isinstance(model, PreTrainedModel):
             raise TypeError(f"model must be a transformers PreTrainedModel, got {type(model).__name__}.")
-        self.spec: ArchitectureSpec = get_architecture(getattr(model.config, "model_type", None))
+        self.spec: ArchitectureSpec = get_architecture(model.config)
         self.model = model
         self.tokenizer = tokenizer
         self.report: PruningReport | None = None
+        self._surgery_failed = False
+        # the base model as the saved model card names it (Hub id, licence); from_pretrained refines it
+        self.source: ModelSource = describe_source(getattr(model, "name_or_path", None) or None)
 
     @classmethod
     def from_pretrained(
@@ -98,7 +114,9 @@ class HyWIAPruner:
         if tokenizer is None:
             tokenizer_kwargs = {k: from_pretrained_kwargs[k] for k in _TOKENIZER_KWARGS if k in from_pretrained_kwargs}
             tokenizer = AutoTokenizer.from_pretrained(model_or_path, **tokenizer_kwargs)
-        return cls(model, config, tokenizer)
+        pruner = cls(model, config, tokenizer)
+        pruner.source = describe_source(model_or_path, from_pretrained_kwargs.get("gguf_file"))
+        return pruner
 
     def prune(self, calibration_data: Any = None, show_progress: bool = True) -> PreTrainedModel:
         """Score every group, remove the least important ones physically, and return the pruned model.
@@ -108,6 +126,8 @@ class HyWIAPruner:
         """
         if self.report is not None:
             raise RuntimeError("This model is already pruned; create a new HyWIAPruner to prune it again.")
+        if self._surgery_failed:
+            raise RuntimeError("A previous prune() failed during surgery and left this model modified: reload it.")
         config, model, spec = self.config, self.model, self.spec
         _check_prunable(model)
         seconds: dict[str, float] = {}
@@ -119,17 +139,24 @@ class HyWIAPruner:
         all_sets = build_group_sets(model, spec, range(num_layers), ("attention", "mlp"))
         group_sets = build_group_sets(model, spec, layer_range, config.group_kinds)
         total_params = sum(gs.num_groups * gs.params_per_group for gs in all_sets)
-        plan = plan_pruning(config, spec, model.config, group_sets, total_params)
+        plan = plan_pruning(config, spec, spec.widths_config(model.config), group_sets, total_params)
         params_before = _count_params(model)
         widths_before = layer_widths(model, spec)
         logger.info(f"HyWIA: pruning layers [{layer_range.start}, {layer_range.stop}) of {num_layers}, plan {plan}")
 
         scores, fusion = self._score(group_sets, plan, num_layers, calibration_data, show_progress, seconds)
-        kept = select_groups(scores, group_sets, plan)
+        kept = broadcast_kept_groups(select_groups(scores, group_sets, plan))
 
         surgery_start = time.perf_counter()
-        remove_groups(group_sets, kept)
-        vanilla = rewrite_config(model, spec, widths_before)
+        try:
+            remove_groups(group_sets, kept)
+            vanilla = rewrite_config(model, spec, widths_before)
+        except Exception as error:
+            self._surgery_failed = True
+            raise RuntimeError(
+                f"Pruning failed during surgery ({type(error).__name__}: {error}); the model WAS MODIFIED (some layers "
+                "are sliced) and is unusable: reload it before trying again."
+            ) from error
         seconds["surgery"] = time.perf_counter() - surgery_start
         seconds["total"] = time.perf_counter() - start
         self.report = self._make_report(
@@ -159,23 +186,64 @@ class HyWIAPruner:
             num_samples=config.num_calibration_samples,
             sequence_length=config.calibration_sequence_length,
             seed=config.seed,
+            vocab_size=model.get_input_embeddings().num_embeddings,
         )
         batches = list(torch.split(samples, config.calibration_batch_size))
+        self._check_memory(group_sets, show_progress)
+        rank, world_size = distributed_world()
+        show_progress = show_progress and rank == 0
+        runner = CalibrationModel(
+            model, self.spec, config.calibration_micro_batch_size, config.autocast_dtype, config.gradient_checkpointing
+        )
+        runner.train(model.training)  # a new nn.Module is in training mode: fusion restores the wrapper's mode
         start = time.perf_counter()
         statistics = GradientStatistics(group_sets)
-        statistics.collect(model, batches, show_progress)
+        statistics.collect(runner, shard_batches(batches, rank, world_size), show_progress)
+        all_reduce_statistics(statistics)
         seconds["gradients"] = time.perf_counter() - start
         if method != "hywia":
             return self._comparable(gradient_scores(method, statistics), group_sets), None
         fine = gradient_scores(config.fine_estimator, statistics)
         coarse = gradient_scores("vector", statistics)
         start = time.perf_counter()
-        fusion = HybridFusion(group_sets, fine, coarse, plan, num_layers, config.fusion_hidden_size, config.seed)
-        result = fusion.train(
-            model, batches, config.fusion_steps, config.fusion_learning_rate, config.fusion_temperature, show_progress
+        fusion = HybridFusion(
+            group_sets, fine, coarse, plan, num_layers, config.fusion_hidden_size, config.seed, config.fusion_alpha
         )
+        trainer = RowShardedModel(runner) if world_size > 1 else runner
+        with summed_gradients(fusion.module):
+            result = fusion.train(
+                trainer,
+                batches,
+                config.fusion_steps,
+                config.fusion_learning_rate,
+                config.fusion_temperature,
+                show_progress,
+            )
         seconds["fusion"] = time.perf_counter() - start
         return result.scores, result
+
+    def _check_memory(self, group_sets: list[GroupSet], show_progress: bool) -> None:
+        """Print the calibration memory estimate and refuse a run that cannot fit (`config.check_memory`)."""
+        config = self.config
+        if not config.check_memory:
+            return
+        decoder_weights = sum(gs.num_groups * gs.params_per_group for gs in group_sets)
+        _, layers = decoder_layers(self.model, self.spec)
+        layer_weights = sum(p.numel() for p in layers.parameters() if p.ndim == 2)
+        estimate = estimate_calibration_memory(
+            self.model,
+            self.spec,
+            config.calibration_batch_size,
+            config.calibration_sequence_length,
+            config.calibration_micro_batch_size,
+            config.autocast_dtype,
+            config.gradient_checkpointing,
+            trainable_fraction=min(decoder_weights / max(layer_weights, 1), 1.0),
+        )
+        logger.info(estimate.summary())
+        if show_progress and distributed_world()[0] == 0:
+            print(estimate.summary(), flush=True)
+        check_calibration_memory(estimate)
 
     def _comparable(self, scores: dict, group_sets: list[GroupSet]) -> dict:
         """Per-layer ranking compares groups of different sizes: rank by importance per parameter."""
@@ -225,11 +293,12 @@ class HyWIAPruner:
         )
 
     def save_pretrained(self, save_directory: str | os.PathLike, overwrite: bool = False) -> Path:
-        """Write the pruned model (safetensors), its config, tokenizer, `hywia_config.json` and the report.
+        """Write the pruned model (safetensors), its config, tokenizer, `hywia_config.json`, the report and README.md.
 
         The folder is written next to its destination and moved into place at the end, so an interrupted save
         never leaves a folder that looks complete. An existing non-empty folder is replaced only with
-        `overwrite=True`.
+        `overwrite=True`. Staging folders left next to the destination by a killed save (`.<name>.tmp-<pid>-*`)
+        are removed by the next save to it.
         """
         if self.report is None:
             raise RuntimeError("Call prune() before save_pretrained(): there is no pruned model to save yet.")
@@ -239,16 +308,20 @@ class HyWIAPruner:
         if target.is_dir() and any(target.iterdir()) and not overwrite:
             raise FileExistsError(f"{target} exists and is not empty; pass overwrite=True to replace it.")
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        _remove_stale_staging(target)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
         try:
             self.model.save_pretrained(staging)
+            restore_auto_map(self.model, staging)  # remote-code models rewrite auto_map to their own class
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(staging)
             self.config.save_pretrained(staging)
             (staging / REPORT_NAME).write_text(self.report.to_json_string())
+            write_model_card(staging, self.source, name=target.name)
             if getattr(self.model.config, "hywia_linear_shapes", None):
                 shutil.copyfile(MODELING_FILE, staging / os.path.basename(MODELING_FILE))
             _apply_default_permissions(staging)
+            _sync_tree(staging)
             _replace_directory(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -264,11 +337,12 @@ class HyWIAPruner:
 
         api = HfApi(token=token)
         with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(Path(folder) / "model")
+            saved = self.save_pretrained(Path(folder) / repo_id.split("/")[-1])
+            write_model_card(saved, self.source, name=repo_id)  # loading examples name the repo
             api.create_repo(repo_id, private=private, exist_ok=True)
             commit = api.upload_folder(
                 repo_id=repo_id,
-                folder_path=Path(folder) / "model",
+                folder_path=saved,
                 commit_message=commit_message or f"Upload HyWIA-pruned model ({self.config.pruning_ratio:.0%})",
             )
         return str(commit)
@@ -292,26 +366,29 @@ def _count_params(model: torch.nn.Module) -> int:
 def _check_prunable(model: PreTrainedModel) -> None:
     """Refuse models whose weights cannot be sliced; detach GGUF's quantizer (its weights are plain floats)."""
     quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:
-        method = str(getattr(quantizer.quantization_config, "quant_method", "")).lower()
-        if "gguf" not in method:
+    method = str(getattr(getattr(quantizer, "quantization_config", None), "quant_method", "")).lower()
+    if quantizer is not None and "gguf" not in method:
+        raise ValueError(
+            f"The model is quantized ({method}); HyWIA slices float weights. Load it without a "
+            "quantization_config (float32 or bfloat16), prune, then quantize the pruned model."
+        )
+    for name, param in model.named_parameters():
+        if param.device.type == "meta":
             raise ValueError(
-                f"The model is quantized ({method}); HyWIA slices float weights. Load it without a "
-                "quantization_config (float32 or bfloat16), prune, then quantize the pruned model."
+                f"Parameter {name} is on the meta device (CPU/disk-offloaded by a device_map, or not materialised): "
+                "HyWIA needs every weight resident to compute its gradient and slice it. Use a device_map over "
+                "accelerators only (model parallel, e.g. max_memory={0: '70GiB', 1: '70GiB'}), or load on CPU "
+                "without offload; lower the calibration peak with calibration_micro_batch_size, "
+                "gradient_checkpointing=True and autocast_dtype='bfloat16'."
             )
+        if not param.dtype.is_floating_point:
+            raise ValueError(f"Parameter {name} has dtype {param.dtype}; HyWIA needs float weights.")
+    if quantizer is not None:  # GGUF weights are dequantized to plain floats at load time: only detach the quantizer
         model.hf_quantizer = None
         model.is_quantized = False
         model.quantization_method = None
         if hasattr(model.config, "quantization_config"):
             delattr(model.config, "quantization_config")
-    for name, param in model.named_parameters():
-        if param.device.type == "meta":
-            raise ValueError(
-                f"Parameter {name} is on the meta device (offloaded or not materialised); load the model without "
-                "meta/disk offload before pruning."
-            )
-        if not param.dtype.is_floating_point:
-            raise ValueError(f"Parameter {name} has dtype {param.dtype}; HyWIA needs float weights.")
 
 
 def _apply_default_permissions(folder: Path) -> None:
@@ -323,8 +400,65 @@ def _apply_default_permissions(folder: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
+def _remove_stale_staging(target: Path) -> None:
+    """Delete `.<name>.tmp-<pid>-*` / `.<name>.old-<pid>` folders left next to `target` by a killed save.
+
+    Only folders whose process is gone on this machine are deleted, so a concurrent save is never disturbed.
+    """
+    for kind in ("tmp", "old"):
+        for leftover in target.parent.glob(f".{glob.escape(target.name)}.{kind}-*"):
+            pid = leftover.name[len(f".{target.name}.{kind}-") :].split("-")[0]
+            if leftover.is_dir() and pid.isdigit() and not _process_alive(int(pid)):
+                logger.warning(f"HyWIA: removing {leftover}, left by an interrupted save (process {pid}).")
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _sync_tree(folder: Path) -> None:
+    """Flush the files of `folder` to disk before it is renamed, so a crash right after cannot leave empty files."""
+    if os.name != "posix":
+        return
+    for path in [*folder.rglob("*"), folder]:
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+
+def _exchange_paths(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step with Linux's `renameat2(RENAME_EXCHANGE)`; False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # libc without renameat2 (glibc < 2.28, musl)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0
+
+
 def _replace_directory(staging: Path, target: Path) -> None:
-    """Move `staging` to `target`, replacing what is there, with the old contents removed only after the move."""
+    """Move `staging` to `target`, replacing what is there, with the old contents removed only after the move.
+
+    On Linux an existing `target` is swapped with `staging` atomically, so `target` names a complete checkpoint at
+    every instant; where the filesystem cannot, `target` is first renamed to `.<name>.old-<pid>`.
+    """
+    if target.exists() and _exchange_paths(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)  # it now holds the previous checkpoint
+        return
     backup = None
     if target.exists():
         backup = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -1,49 +1,85 @@
-"""Physical removal of groups: slice weight matrices in place and rewrite the model config to match."""
+"""Physical removal of groups: slice weight matrices in place and rewrite the model config to match.
+
+One engine for every family: the mapping table says which projections a group touches and how their sliced axis is
+laid out (`groups.GroupSet.group_of_index`), which module attributes cache widths, and which config keys hold them.
+"""
 
 from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from .architectures import ArchitectureSpec
-from .groups import GroupSet, build_group_sets, decoder_layers, head_dim
-from .modeling.modeling_hywia import AUTO_MAP_MODULE, CLASS_PREFIX
+from .groups import BoundProjection, GroupSet, build_group_sets, decoder_layers, head_dim
+from .modeling.modeling_hywia import AUTO_MAP_MODULE, CLASS_PREFIX, STRUCTURE_KEYS, apply_pruned_structure
 
 Key = tuple[int, str]
 
-OVERRIDE_KEYS = ("hywia_linear_shapes", "hywia_layer_widths")
+OVERRIDE_KEYS = (
+    "hywia_linear_shapes",
+    "hywia_layer_widths",
+    "hywia_alibi_total_heads",
+    "hywia_base_auto_map",
+    *STRUCTURE_KEYS,
+)
+ORIGINAL_HEADS_ATTRIBUTE = "hywia_original_heads"
 
 
-def slice_linear(module: nn.Linear, indices: torch.Tensor, dim: str) -> None:
-    """Keep only `indices` of the output rows (`dim="out"`) or input columns (`dim="in"`) of `module`."""
+def slice_projection(projection: BoundProjection, indices: torch.Tensor) -> None:
+    """Keep only `indices` of the sliced dimension of a linear or `Conv1D` projection (and of its bias rows)."""
+    module, axis = projection.module, projection.weight_axis
     indices = indices.to(module.weight.device)
     with torch.no_grad():
-        if dim == "out":
-            module.weight = nn.Parameter(module.weight.index_select(0, indices).clone(), module.weight.requires_grad)
-            if module.bias is not None:
-                module.bias = nn.Parameter(module.bias.index_select(0, indices).clone(), module.bias.requires_grad)
-            module.out_features = len(indices)
-        else:
-            module.weight = nn.Parameter(module.weight.index_select(1, indices).clone(), module.weight.requires_grad)
-            module.in_features = len(indices)
+        module.weight = nn.Parameter(module.weight.index_select(axis, indices).clone(), module.weight.requires_grad)
+        if projection.sliced_bias:
+            module.bias = nn.Parameter(module.bias.index_select(0, indices).clone(), module.bias.requires_grad)
+    if projection.transposed:
+        if projection.spec.dim == "out":
+            module.nf = len(indices)
+        elif hasattr(module, "nx"):
+            module.nx = len(indices)
+    elif projection.spec.dim == "out":
+        module.out_features = len(indices)
+    else:
+        module.in_features = len(indices)
 
 
 def remove_groups(group_sets: list[GroupSet], kept: dict[Key, torch.Tensor]) -> None:
-    """Slice every projection of every set so that only the `kept` groups remain."""
+    """Slice every projection of every set so that only the `kept` groups remain.
+
+    The first attention projection remembers the original index of every kept query head (ALiBi slopes need it).
+    """
     for group_set in group_sets:
         groups = kept[group_set.key]
         if len(groups) == 0:
             raise ValueError(f"Refusing to remove every {group_set.kind} group of layer {group_set.layer}.")
+        if group_set.kind == "attention":
+            _record_original_heads(group_set, groups)
         for i, projection in enumerate(group_set.projections):
-            slice_linear(projection.module, group_set.indices(i, groups), projection.spec.dim)
+            slice_projection(projection, group_set.indices(i, groups))
+
+
+def _record_original_heads(group_set: GroupSet, groups: torch.Tensor) -> None:
+    """Store on the attention module which original query heads remain (used by ALiBi slopes)."""
+    owner = group_set.projections[0].module
+    heads_per_group = group_set.units_per_group["q_heads"]
+    current = getattr(owner, ORIGINAL_HEADS_ATTRIBUTE, None)
+    if current is None:
+        current = torch.arange(group_set.unit_counts["q_heads"])
+    kept_heads = (groups[:, None] * heads_per_group + torch.arange(heads_per_group)).flatten()
+    setattr(owner, ORIGINAL_HEADS_ATTRIBUTE, current[kept_heads].clone())
 
 
 def layer_widths(model: nn.Module, spec: ArchitectureSpec) -> list[dict[str, int]]:
     """Heads, KV heads and MLP width of every decoder layer, read from the modules."""
     _, layers = decoder_layers(model, spec)
+    sets = build_group_sets(model, spec, range(len(layers)), ("attention", "mlp"))
     widths = []
-    for group_set_pair in _pairs(build_group_sets(model, spec, range(len(layers)), ("attention", "mlp"))):
-        attention, mlp = group_set_pair
+    for attention, mlp in zip(sets[0::2], sets[1::2]):
         units = attention.num_units
         widths.append(
             {
@@ -55,8 +91,60 @@ def layer_widths(model: nn.Module, spec: ArchitectureSpec) -> list[dict[str, int
     return widths
 
 
-def _pairs(group_sets: list[GroupSet]) -> list[tuple[GroupSet, GroupSet]]:
-    return [(group_sets[i], group_sets[i + 1]) for i in range(0, len(group_sets), 2)]
+def _quantity(name: str, widths: dict[str, int], dim: int) -> int:
+    heads, kv_heads = widths["num_attention_heads"], widths["num_key_value_heads"]
+    return {
+        "num_heads": heads,
+        "num_kv_heads": kv_heads,
+        "heads_per_kv": heads // kv_heads,
+        "attention_width": heads * dim,
+        "kv_width": kv_heads * dim,
+        "intermediate_size": widths["intermediate_size"],
+    }[name]
+
+
+def pruned_structure(model: nn.Module, spec: ArchitectureSpec, widths: list[dict[str, int]]) -> dict:
+    """Per-layer module attributes, module configs and ALiBi heads that the pruned widths call for."""
+    layers_path, layers = decoder_layers(model, spec)
+    dim = head_dim(model.config, spec)
+    attributes: dict[str, dict[str, int]] = {}
+    configs: dict[str, dict[str, int]] = {}
+    alibi: dict[str, list[int]] = {}
+    for layer, layer_widths_ in enumerate(widths):
+        prefix = f"{layers_path}.{layer}"
+        for path, name, quantity in spec.module_attributes:
+            attributes.setdefault(f"{prefix}.{path}", {})[name] = _quantity(quantity, layer_widths_, dim)
+        for path, key, quantity in spec.layer_config:
+            configs.setdefault(f"{prefix}.{path}", {})[key] = _quantity(quantity, layer_widths_, dim)
+        if spec.alibi:
+            heads = getattr(layers[layer].get_submodule(spec.attention[0].path), ORIGINAL_HEADS_ATTRIBUTE, None)
+            if heads is None:
+                heads = torch.arange(layer_widths_["num_attention_heads"])
+            alibi[f"{prefix}.{spec.alibi}"] = [int(h) for h in heads]
+    return {"hywia_module_attributes": attributes, "hywia_module_configs": configs, "hywia_alibi_heads": alibi}
+
+
+def vanilla_describable(
+    spec: ArchitectureSpec, config, before: list[dict[str, int]], after: list[dict[str, int]]
+) -> bool:
+    """Whether the family's own config (and code) can describe the pruned widths."""
+    if before == after:
+        return True
+    if not spec.vanilla_loadable or any(w != after[0] for w in after):
+        return False
+    keys = spec.config_keys
+    widths_config = spec.widths_config(config)
+    heads_changed = any(
+        b[k] != a[k] for b, a in zip(before, after) for k in ("num_attention_heads", "num_key_value_heads")
+    )
+    if heads_changed:
+        if keys.head_dim is None:
+            return False
+        hidden = getattr(widths_config, keys.hidden_size)
+        if spec.hidden_divisible_by_heads and hidden % after[0]["num_attention_heads"]:
+            return False
+    mlp_changed = any(b["intermediate_size"] != a["intermediate_size"] for b, a in zip(before, after))
+    return not (mlp_changed and keys.intermediate_size is None)
 
 
 def rewrite_config(model: nn.Module, spec: ArchitectureSpec, original_widths: list[dict[str, int]]) -> bool:
@@ -64,27 +152,30 @@ def rewrite_config(model: nn.Module, spec: ArchitectureSpec, original_widths: li
 
     When every layer has the same widths and the family's config accepts them, the width keys are rewritten and the
     checkpoint loads with vanilla transformers. Otherwise the config keeps its original widths, lists the shapes of
-    every resized linear layer (`hywia_linear_shapes`) and points `auto_map` at the HyWIA modeling override.
+    every resized layer (`hywia_linear_shapes`), the cached per-layer widths, and points `auto_map` at the HyWIA
+    modeling override. Either way the in-memory model's cached widths are updated to match its weights.
     """
     config, keys = model.config, spec.config_keys
+    widths_config = spec.widths_config(config)
     widths = layer_widths(model, spec)
     dim = head_dim(config, spec)
+    structure = pruned_structure(model, spec, widths)
     for key in OVERRIDE_KEYS:
         if hasattr(config, key):
             delattr(config, key)
     auto_map = dict(getattr(config, "auto_map", None) or {})
-    auto_map = {k: v for k, v in auto_map.items() if not v.startswith(f"{AUTO_MAP_MODULE}.")}
-    uniform = all(w == widths[0] for w in widths)
-    heads = widths[0]["num_attention_heads"]
-    hidden = getattr(config, keys.hidden_size)
-    vanilla = uniform and (not spec.hidden_divisible_by_heads or hidden % heads == 0)
+    base_auto_map = {k: v for k, v in auto_map.items() if not v.startswith(f"{AUTO_MAP_MODULE}.")}
+    vanilla = vanilla_describable(spec, config, original_widths, widths)
     if vanilla:
-        setattr(config, keys.num_heads, heads)
-        if keys.num_kv_heads:
-            setattr(config, keys.num_kv_heads, widths[0]["num_key_value_heads"])
-        if keys.head_dim:
-            setattr(config, keys.head_dim, dim)
-        setattr(config, keys.intermediate_size, widths[0]["intermediate_size"])
+        auto_map = base_auto_map
+        if widths != original_widths:
+            setattr(widths_config, keys.num_heads, widths[0]["num_attention_heads"])
+            if keys.num_kv_heads:
+                setattr(widths_config, keys.num_kv_heads, widths[0]["num_key_value_heads"])
+            if keys.head_dim:
+                setattr(widths_config, keys.head_dim, dim)
+            if keys.intermediate_size:
+                setattr(widths_config, keys.intermediate_size, widths[0]["intermediate_size"])
     else:
         layers_path, _ = decoder_layers(model, spec)
         shapes = {}
@@ -92,15 +183,72 @@ def rewrite_config(model: nn.Module, spec: ArchitectureSpec, original_widths: li
             if before == after:
                 continue
             for projection in (*spec.attention, *spec.mlp):
-                module = model.get_submodule(f"{layers_path}.{layer}.{projection.path}")
-                shapes[f"{layers_path}.{layer}.{projection.path}"] = [module.out_features, module.in_features]
+                path = f"{layers_path}.{layer}.{projection.path}"
+                bound = BoundProjection(projection, model.get_submodule(path), path)
+                out_features, in_features = (
+                    (bound.size, bound.other_size) if projection.dim == "out" else (bound.other_size, bound.size)
+                )
+                shapes[path] = [out_features, in_features]
         config.hywia_linear_shapes = shapes
         config.hywia_layer_widths = widths
+        for key, value in structure.items():
+            if value:
+                setattr(config, key, value)
+        if spec.alibi:
+            config.hywia_alibi_total_heads = getattr(widths_config, keys.num_heads)
         base_class = type(model).__name__.removeprefix(CLASS_PREFIX)
-        auto_class = "AutoModelForCausalLM" if base_class.endswith("ForCausalLM") else "AutoModel"
+        if spec.remote_code:
+            config.hywia_base_auto_map = base_auto_map
+        auto_class = _auto_class(base_class, base_auto_map)
+        auto_map = dict(base_auto_map)
         auto_map[auto_class] = f"{AUTO_MAP_MODULE}.{CLASS_PREFIX}{base_class}"
     if auto_map:
         config.auto_map = auto_map
     elif hasattr(config, "auto_map"):
         delattr(config, "auto_map")
+    model.hywia_auto_map = dict(auto_map)
+    apply_pruned_structure(model, structure, num_heads=getattr(widths_config, keys.num_heads))
     return vanilla
+
+
+_AUTO_CLASSES = (
+    ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),
+    ("AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"),
+    ("AutoModelForSequenceClassification", "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"),
+    ("AutoModelForTokenClassification", "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES"),
+    ("AutoModel", "MODEL_MAPPING_NAMES"),
+)
+
+
+def _auto_class(class_name: str, base_auto_map: dict[str, str]) -> str:
+    """The Auto class that loads `class_name` (from the checkpoint's own auto_map for remote code)."""
+    for auto_class, reference in base_auto_map.items():
+        if reference.rpartition(".")[2] == class_name:
+            return auto_class
+    from transformers.models.auto import modeling_auto
+
+    for auto_class, mapping_name in _AUTO_CLASSES:
+        if class_name in getattr(modeling_auto, mapping_name, {}).values():
+            return auto_class
+    return "AutoModelForCausalLM" if class_name.endswith(("ForCausalLM", "LMHeadModel")) else "AutoModel"
+
+
+def restore_auto_map(model: nn.Module, folder: str | os.PathLike) -> None:
+    """Put the pruned model's `auto_map` back into a saved config.json.
+
+    `save_pretrained` of a remote-code model (Baichuan) copies its modeling files, which the pruned checkpoint
+    keeps, but also points `auto_map` back at its own class instead of the HyWIA override.
+    """
+    intended = getattr(model, "hywia_auto_map", None)
+    path = Path(folder) / "config.json"
+    if intended is None or not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    if (saved.get("auto_map") or {}) == intended:
+        return
+    if intended:
+        saved["auto_map"] = intended
+    else:
+        saved.pop("auto_map", None)
+    path.write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n")
+    model.config.auto_map = dict(intended)

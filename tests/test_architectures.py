@@ -31,3 +31,93 @@ def test_unknown_model_type_lists_the_supported_ones_and_how_to_add_one():
 def test_docs_table_is_generated_from_the_tables():
     docs = (Path(__file__).parent.parent / "docs" / "architectures.md").read_text()
     assert architectures_markdown() in docs
+
+
+def _tiny(config_class: str, model_class: str, **settings):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = getattr(transformers, config_class)(
+        vocab_size=32, num_hidden_layers=1, pad_token_id=0, bos_token_id=1, eos_token_id=2, **settings
+    )
+    return getattr(transformers, model_class)(config)
+
+
+def test_fused_concat_layout_maps_q_k_v_segments_to_their_groups():
+    from optimum_hywia.groups import build_group_sets
+
+    # Phi-3: 8 query heads of 8 features read 4 KV heads: qkv rows = [q 64 | k 32 | v 32], 2 query heads per group
+    model = _tiny("Phi3Config", "Phi3ForCausalLM", hidden_size=64, num_attention_heads=8, num_key_value_heads=4)
+    attention, mlp = build_group_sets(model, get_architecture(model.config), range(1), ("attention", "mlp"))
+    qkv = attention.group_of_index[0]
+    assert attention.num_groups == 4 and qkv.shape == (128,)
+    assert qkv[:64].tolist() == [i // 16 for i in range(64)]  # two heads of 8 rows per group
+    assert qkv[64:96].tolist() == [i // 8 for i in range(32)] == qkv[96:].tolist()
+    gate_up = mlp.group_of_index[0]
+    assert mlp.num_groups == model.config.intermediate_size
+    assert gate_up.tolist() == list(range(mlp.num_groups)) * 2  # [gate | up]
+
+
+def test_per_group_layout_keeps_each_heads_q_k_v_together():
+    from optimum_hywia.groups import build_group_sets
+
+    # GPT-NeoX: query_key_value rows are [head, (q, k, v), head_dim]
+    model = _tiny("GPTNeoXConfig", "GPTNeoXForCausalLM", hidden_size=32, num_attention_heads=4, intermediate_size=48)
+    (attention,) = build_group_sets(model, get_architecture(model.config), range(1), ("attention",))
+    assert attention.num_groups == 4
+    assert attention.group_of_index[0].tolist() == [i // 24 for i in range(96)]
+    assert attention.params_per_group == 3 * 8 * (32 + 1) + 8 * 32  # q/k/v rows with biases + dense columns
+
+
+def test_multi_query_groups_are_query_heads_and_the_kv_head_is_never_removed():
+    import torch
+
+    from optimum_hywia.groups import build_group_sets
+    from optimum_hywia.surgery import remove_groups
+
+    # Falcon-7B layout: [8 query heads | k | v] x head_dim 8, one shared KV head
+    model = _tiny("FalconConfig", "FalconForCausalLM", hidden_size=64, num_attention_heads=8, multi_query=True)
+    spec = get_architecture(model.config)
+    assert spec.shared_kv
+    (attention,) = build_group_sets(model, spec, range(1), ("attention",))
+    qkv = attention.group_of_index[0]
+    assert attention.num_groups == 8 and attention.units_per_group == {"q_heads": 1, "kv_heads": 0}
+    assert (qkv[64:] == 8).all()  # shared rows map past the last group
+    remove_groups([attention], {(0, "attention"): torch.tensor([1, 6])})
+    assert model.transformer.h[0].self_attention.query_key_value.out_features == 2 * 8 + 2 * 8
+
+
+def test_conv1d_weights_are_sliced_along_their_transposed_axis():
+    import torch
+
+    from optimum_hywia.groups import build_group_sets
+    from optimum_hywia.surgery import remove_groups
+
+    model = _tiny("GPT2Config", "GPT2LMHeadModel", n_embd=32, n_head=4, n_inner=48)
+    (mlp,) = build_group_sets(model, get_architecture(model.config), range(1), ("mlp",))
+    c_fc, c_proj = (p.module for p in mlp.projections)
+    assert (mlp.projections[0].weight_axis, mlp.projections[1].weight_axis) == (1, 0)
+    expected_fc, expected_proj = c_fc.weight[:, [3, 7]].clone(), c_proj.weight[[3, 7]].clone()
+    remove_groups([mlp], {(0, "mlp"): torch.tensor([3, 7])})
+    assert torch.equal(c_fc.weight, expected_fc) and c_fc.nf == 2 and c_fc.bias.shape == (2,)
+    assert torch.equal(c_proj.weight, expected_proj)
+
+
+def test_falcon_variant_follows_its_config_and_alibi_is_refused():
+    from types import SimpleNamespace
+
+    base = dict(model_type="falcon", num_attention_heads=8, num_kv_heads=2, hidden_size=64)
+    grouped = get_architecture(SimpleNamespace(**base, new_decoder_architecture=True, multi_query=False))
+    assert grouped.attention[0].layout == "per_group" and not grouped.shared_kv
+    multi_query = get_architecture(SimpleNamespace(**base, new_decoder_architecture=False, multi_query=True))
+    assert multi_query.attention[0].layout == "concat" and multi_query.shared_kv
+    with pytest.raises(ValueError, match="alibi=True"):
+        get_architecture(SimpleNamespace(**base, alibi=True))
+
+
+def test_every_table_declares_a_fused_layout_its_docs_row_shows():
+    table = architectures_markdown()
+    for spec in ARCHITECTURES.values():
+        for description in spec.fused:
+            assert description in table

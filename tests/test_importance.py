@@ -12,6 +12,8 @@ from optimum_hywia.architectures import get_architecture
 from optimum_hywia.groups import build_group_sets
 from optimum_hywia.importance import GradientStatistics, HybridFusion, gradient_scores, group_masks, weight_scores
 from optimum_hywia.importance.estimators import group_sum
+from optimum_hywia.importance.reference import FullGradientStatistics
+from optimum_hywia.memory import CalibrationModel
 
 SPEC = get_architecture("llama")
 KINDS = ("attention", "mlp")
@@ -170,3 +172,71 @@ def _hard_loss(model, group_sets, plan, scores, batch) -> float:
         masks[group_set.key][kept[group_set.key]] = 1.0
     with torch.no_grad(), group_masks(group_sets, masks):
         return float(model(input_ids=batch, labels=batch).loss)
+
+
+def _statistics(statistics_class, architecture, batches, **calibration_options):
+    """Gradient statistics of a fresh tiny model; with options, collected through a `CalibrationModel`."""
+    model = make_tiny_model(architecture)
+    group_sets = build_group_sets(model, SPEC, range(4), KINDS)
+    statistics = statistics_class(group_sets)
+    runner = CalibrationModel(model, SPEC, **calibration_options) if calibration_options else model
+    statistics.collect(runner, batches, show_progress=False)
+    assert all(param.grad is None for param in model.parameters())
+    return statistics
+
+
+@pytest.mark.parametrize("architecture", ["llama-gqa", "qwen2"])
+def test_packaged_full_gradient_reference_equals_the_naive_computation(architecture, token_batch):
+    """`FullGradientStatistics` (what the benchmark compares against) agrees with the per-batch gradients above."""
+    batches = list(torch.split(token_batch, 4))
+    reference = _statistics(FullGradientStatistics, architecture, batches)
+    model = make_tiny_model(architecture)
+    naive = _naive_scores(model, batches, build_group_sets(model, SPEC, range(4), KINDS))
+    for method in GRADIENT_METHODS:
+        for key, expected in naive[method].items():
+            torch.testing.assert_close(gradient_scores(method, reference)[key], expected.double(), rtol=1e-4, atol=1e-9)
+
+
+GRADIENT_METHODS = ("element1", "element2", "vector")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(micro_batch_size=2),
+        dict(micro_batch_size=3),  # uneven chunks (3 + 1 rows): weighted by rows
+        dict(gradient_checkpointing=True),
+        dict(micro_batch_size=1, gradient_checkpointing=True),
+    ],
+    ids=["micro2", "micro3", "checkpointing", "micro1+checkpointing"],
+)
+@pytest.mark.parametrize("architecture", ["llama-gqa", "qwen2"])
+def test_micro_batches_and_checkpointing_keep_the_statistics_of_the_whole_batch(architecture, options, token_batch):
+    batches = list(torch.split(token_batch, 4))
+    reference = _statistics(FullGradientStatistics, architecture, batches)
+    lean = _statistics(GradientStatistics, architecture, batches, **options)
+    assert lean.num_batches == reference.num_batches == 2
+    for method in GRADIENT_METHODS:
+        expected, got = gradient_scores(method, reference), gradient_scores(method, lean)
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-9)
+
+
+def test_micro_batches_change_the_statistics_if_the_gradient_were_folded_per_chunk(token_batch):
+    """Guard for the test above: per-chunk folding (batch size 2) gives different element1 sums than batch size 4."""
+    whole = _statistics(GradientStatistics, "llama-gqa", list(torch.split(token_batch, 4)))
+    chunks = _statistics(GradientStatistics, "llama-gqa", list(torch.split(token_batch, 2)))
+    key = (1, "mlp")
+    assert not torch.allclose(gradient_scores("element1", whole)[key], gradient_scores("element1", chunks)[key] / 2)
+
+
+def test_bfloat16_autocast_statistics_are_close_to_float32(token_batch):
+    batches = list(torch.split(token_batch, 4))
+    float32 = _statistics(GradientStatistics, "llama-gqa", batches)
+    bfloat16 = _statistics(GradientStatistics, "llama-gqa", batches, autocast_dtype="bfloat16")
+    for key, expected in gradient_scores("element1", float32).items():
+        got = gradient_scores("element1", bfloat16)[key]
+        assert not torch.equal(got, expected)  # autocast really ran in bfloat16
+        torch.testing.assert_close(got, expected, rtol=0.1, atol=0.0)
+        ranks = torch.stack([got.argsort().argsort(), expected.argsort().argsort()]).double()
+        assert float(torch.corrcoef(ranks)[0, 1]) > 0.95

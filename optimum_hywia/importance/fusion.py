@@ -22,7 +22,7 @@ from transformers.utils import logging
 from ..allocation import PruningPlan
 from ..groups import GroupSet
 from .masking import group_masks
-from .statistics import check_finite
+from .statistics import calibration_loss, check_finite
 
 logger = logging.get_logger(__name__)
 
@@ -101,8 +101,10 @@ class HybridFusion:
         num_layers: int,
         hidden_size: int = 8,
         seed: int = 0,
+        fixed_alpha: float | None = None,
     ):
         self.group_sets = group_sets
+        self.fixed_alpha = fixed_alpha
         self.plan = plan
         self.relative = [torch.stack([relative(fine[gs.key]), relative(coarse[gs.key])]).float() for gs in group_sets]
         # slot level: fine-grained importance per parameter, scaled to mean 1 (only ratios between slots matter)
@@ -116,9 +118,15 @@ class HybridFusion:
         )
         self.module = AttentionFusion(features, hidden_size, seed)
 
+    def alpha(self) -> torch.Tensor:
+        """Blend weights `[num_slots, 2]` (fine, coarse): learned by attention, or the fixed ablation blend."""
+        if self.fixed_alpha is not None:
+            return torch.tensor([self.fixed_alpha, 1 - self.fixed_alpha]).expand(len(self.group_sets), 2)
+        return self.module()
+
     def scores(self) -> dict[Key, torch.Tensor]:
         """Fused scores (differentiable): relative blend, times the slot level for the per-layer layout."""
-        alpha = self.module()
+        alpha = self.alpha()
         fused = {}
         for i, group_set in enumerate(self.group_sets):
             blend = alpha[i] @ self.relative[i]
@@ -159,7 +167,7 @@ class HybridFusion:
     ) -> FusionResult:
         """Learn the blend end to end: minimise the LM loss of the soft-masked model on calibration batches."""
         losses: list[float] = []
-        if steps > 0:
+        if steps > 0 and self.fixed_alpha is None:
             optimizer = torch.optim.Adam(self.module.parameters(), lr=learning_rate)
             device = next(model.parameters()).device
             previous = [(param, param.requires_grad) for param in model.parameters()]
@@ -175,7 +183,7 @@ class HybridFusion:
                     batch = batches[step % len(batches)].to(device)
                     masks = self.soft_masks(self.scores(), current)
                     with group_masks(self.group_sets, masks):
-                        loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+                        loss = calibration_loss(model, batch)
                     check_finite(loss, "fusion training loss")
                     optimizer.zero_grad()
                     loss.backward()
@@ -187,7 +195,7 @@ class HybridFusion:
                     param.requires_grad_(requires_grad)
                 model.train(was_training)
         with torch.no_grad():
-            alpha = self.module()
+            alpha = self.alpha()
             scores = {key: value.detach().double() for key, value in self.scores().items()}
         blend = {gs.key: (float(alpha[i, 0]), float(alpha[i, 1])) for i, gs in enumerate(self.group_sets)}
         return FusionResult(blend, scores, losses)

@@ -28,7 +28,9 @@ def group_masks(group_sets: list[GroupSet], masks: dict[tuple[int, str], torch.T
                 if projection.spec.dim != "in":
                     continue
                 device = projection.module.weight.device
-                column_mask = mask.to(device)[group_of_index.to(device)]
+                # rows shared by every group (multi-query KV) map to index num_groups: never masked
+                full_mask = torch.cat([mask.to(device), mask.new_ones(1).to(device)])
+                column_mask = full_mask[group_of_index.to(device)]
 
                 def scale_input(module, args, column_mask=column_mask):
                     return (args[0] * column_mask.to(args[0].dtype), *args[1:])

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel
 from transformers.utils import logging
 
 from ..groups import GroupSet
@@ -61,13 +62,15 @@ class GradientStatistics:
         tracked: dict[int, tuple[torch.nn.Parameter, object]] = {}
         for group_set in self.group_sets:
             for projection, stats in zip(group_set.projections, self.stats[group_set.key]):
-                reduce_dim = 1 if projection.spec.dim == "out" else 0
+                reduce_dim = 1 - projection.weight_axis  # Conv1D weights are [in, out]
                 weight, bias = projection.module.weight, projection.module.bias
                 tracked[id(weight)] = (weight, self._hook(stats, reduce_dim))
                 if projection.spec.dim == "out" and bias is not None:
                     tracked[id(bias)] = (bias, self._hook(stats, 1))
         previous = [(param, param.requires_grad) for param in model.parameters()]
         handles = []
+        if _encoder(model) is not None:  # encoder targets are the embeddings of this (dense) model
+            vars(_encoder(model)).pop(_DENSE_TARGETS, None)
         try:
             for param in model.parameters():
                 param.requires_grad_(id(param) in tracked)
@@ -76,7 +79,7 @@ class GradientStatistics:
             batches = list(batches)
             for batch in tqdm(batches, desc="HyWIA calibration (gradients)", disable=not show_progress):
                 batch = batch.to(device)
-                loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+                loss = calibration_loss(model, batch)
                 check_finite(loss, "calibration loss")
                 loss.backward()
                 self.num_batches += 1
@@ -94,6 +97,60 @@ class GradientStatistics:
 def check_finite(value: torch.Tensor, what: str) -> None:
     if not torch.isfinite(value).all():
         raise FloatingPointError(
-            f"The {what} is NaN or infinite. Load the model in float32 (torch_dtype=torch.float32) or bfloat16 "
+            f"The {what} is NaN or infinite. Load the model in float32 (dtype=torch.float32) or bfloat16 "
             "rather than float16, and check the calibration data."
         )
+
+
+ENCODER_TOKEN_DROP = 0.15
+_DENSE_TARGETS = "_hywia_dense_targets"
+
+
+def _encoder(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The encoder-only transformers model behind `model` (itself, or a wrapper's `.model`), else None."""
+    inner = model if isinstance(model, PreTrainedModel) else getattr(model, "model", None)
+    if isinstance(inner, PreTrainedModel) and not inner.can_generate():
+        return inner
+    return None
+
+
+def calibration_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """The calibration objective: the causal-LM loss for generative models, masked self-distillation for encoders.
+
+    `model` is a transformers model or a wrapper with the same `forward(input_ids, labels)` (e.g.
+    `memory.CalibrationModel`); an encoder behind a wrapper is called directly.
+    """
+    encoder = _encoder(model)
+    if encoder is None:
+        return model(input_ids=batch, labels=batch, use_cache=False).loss
+    return encoder_distillation_loss(encoder, batch)
+
+
+def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.to(hidden.dtype)[..., None]
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def encoder_distillation_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """`1 - cos(student, target)` of mean-pooled last hidden states, averaged over the batch.
+
+    The target is the embedding of the full input by the dense model (computed once per batch, the first time the
+    batch is seen, i.e. during the gradient pass, and then cached); the student is the embedding of the same input
+    with `ENCODER_TOKEN_DROP` of its tokens hidden from attention (a fixed pattern per batch). An encoder has no LM
+    head: this denoising objective has a non-zero gradient at the dense weights, and it measures what sentence
+    embeddings lose when a group is removed. See docs/method.md, "Encoders".
+    """
+    targets = vars(model).setdefault(_DENSE_TARGETS, {})
+    key = (tuple(batch.shape), hash(batch.cpu().numpy().tobytes()))
+    full = torch.ones_like(batch)
+    if key not in targets:
+        with torch.no_grad():
+            hidden = model(input_ids=batch, attention_mask=full, output_hidden_states=True).hidden_states[-1]
+            targets[key] = _mean_pool(hidden, full).detach()
+    generator = torch.Generator().manual_seed(key[1] % (2**63))
+    keep = torch.rand(batch.shape, generator=generator) >= ENCODER_TOKEN_DROP
+    keep[:, 0] = True  # the [CLS] position always stays
+    keep = keep.to(batch.device).long()
+    hidden = model(input_ids=batch, attention_mask=keep, output_hidden_states=True).hidden_states[-1]
+    student = _mean_pool(hidden, keep)
+    return (1 - torch.nn.functional.cosine_similarity(student, targets[key], dim=-1)).mean()

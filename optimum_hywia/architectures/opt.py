@@ -1,0 +1,23 @@
+"""OPT: separate q/k/v/out projections with biases, fc1/fc2 MLP, layers under `model.decoder`."""
+
+from .base import ArchitectureSpec, ConfigKeys, Projection
+
+OPT = ArchitectureSpec(
+    name="OPT",
+    model_types=("opt",),
+    layers="model.decoder.layers",
+    attention=(
+        Projection("self_attn.q_proj", "out", "q_heads"),
+        Projection("self_attn.k_proj", "out", "kv_heads"),
+        Projection("self_attn.v_proj", "out", "kv_heads"),
+        Projection("self_attn.out_proj", "in", "q_heads"),
+    ),
+    mlp=(
+        Projection("fc1", "out", "channels"),
+        Projection("fc2", "in", "channels"),
+    ),
+    config_keys=ConfigKeys(num_kv_heads=None, head_dim=None, intermediate_size="ffn_dim"),
+    hidden_divisible_by_heads=False,
+    module_attributes=(("self_attn", "num_heads", "num_heads"),),
+    notes="head_dim = hidden_size // heads in the config: pruned heads need the override",
+)

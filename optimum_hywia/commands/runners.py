@@ -1,0 +1,382 @@
+"""What `hywia prune|evaluate|recover` do. Imported only when a command runs (torch, transformers, peft)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
+BUILTIN_TEXTS = ("lambada", "wikipedia")
+
+
+class CommandError(Exception):
+    """A problem the user can fix; its message is printed as is."""
+
+
+def run_command(command: str, args: argparse.Namespace) -> int:
+    """Run `command` with the CLI's error handling: one line on stderr and an exit code, never a traceback
+    (unless `--debug`)."""
+    _configure_logging(args)
+    runner = {"prune": prune, "evaluate": evaluate, "recover": recover}[command]
+    try:
+        runner(args)
+    except KeyboardInterrupt:
+        print(f"hywia {command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # every failure ends as one line; --debug shows where it came from
+        if args.debug:
+            traceback.print_exc()
+        print(f"hywia {command}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------------------------------------- prune
+
+
+def prune(args: argparse.Namespace) -> None:
+    from ..configuration import HyWIAConfig
+    from ..model_card import ModelSource, describe_source, push_checkpoint_to_hub, write_model_card
+    from ..pruner import HyWIAPruner
+
+    config = _hywia_config(args, HyWIAConfig)
+    _check_output(args.output, args.overwrite)
+    device = _device(args.device)
+    name, kwargs, description, fallback_id = _model_location(args)
+    _say(args, f"Loading {description}")
+    pruner = HyWIAPruner.from_pretrained(name, config=config, **kwargs)
+    if fallback_id:
+        pruner.source = ModelSource(fallback_id, describe_source(name, kwargs.get("gguf_file")).license, fallback_id)
+    pruner.model.to(device)
+    calibration = None
+    if config.importance not in ("l2", "random"):
+        calibration = _calibration_texts(args)
+    pruner.prune(calibration_data=calibration, show_progress=not args.quiet)
+    folder = pruner.save_pretrained(args.output, overwrite=args.overwrite)
+    report = pruner.report
+    print(
+        f"Pruned with {config.importance} ({config.layout}): {report.params_before:,} -> {report.params_after:,} "
+        f"parameters ({report.achieved_ratio:.1%} of decoder-layer parameters removed). Saved to {folder}"
+    )
+    if args.evaluate:
+        results = {"perplexity": _perplexity(pruner.model, pruner.tokenizer, "wikipedia", 512, 20, args)}
+        _save_results(folder, results)
+        write_model_card(folder)
+        _print_results(results)
+    if args.push_to_hub:
+        url = push_checkpoint_to_hub(folder, args.push_to_hub, private=args.private)
+        print(f"Uploaded to {args.push_to_hub}: {url}")
+
+
+def _hywia_config(args: argparse.Namespace, config_class: Any) -> Any:
+    values = config_class.from_pretrained(args.config).to_dict() if args.config else {}
+    flags = {
+        "pruning_ratio": args.ratio,
+        "layout": args.layout,
+        "importance": args.importance,
+        "fine_estimator": args.fine_estimator,
+        "group_kinds": args.group_kinds,
+        "layer_range": args.layer_range,
+        "num_calibration_samples": args.samples,
+        "calibration_sequence_length": args.sequence_length,
+        "calibration_batch_size": args.batch_size,
+        "fusion_steps": args.fusion_steps,
+        "round_to": args.round_to,
+        "seed": args.seed,
+    }
+    values.update({key: value for key, value in flags.items() if value is not None})
+    values.pop("optimum_hywia_version", None)
+    return config_class.from_dict(values)
+
+
+def _calibration_texts(args: argparse.Namespace) -> Any:
+    data = load_data(args.calibration_data, args.dataset_config, args.dataset_split)
+    if isinstance(data, list) and data and not isinstance(data[0], str):
+        from ..recovery import _record_text
+
+        data = [_record_text(record) for record in data]
+    return data
+
+
+# -------------------------------------------------------------------------------------------------------- evaluate
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from ..model_card import REPORT_NAME, write_model_card
+
+    tasks = _tasks(args.tasks)
+    if args.no_perplexity and not tasks:
+        raise CommandError("Nothing to evaluate: drop --no-perplexity or pass --tasks.")
+    model, tokenizer, _ = _load_for_use(args)
+    results: dict[str, Any] = {}
+    if not args.no_perplexity:
+        results["perplexity"] = _perplexity(model, tokenizer, args.text, args.sequence_length, args.max_windows, args)
+    if tasks:
+        from ..evaluation import evaluate_zero_shot
+
+        _say(args, f"Zero-shot accuracy on {', '.join(tasks)}" + (f" ({args.limit} items each)" if args.limit else ""))
+        results["zero_shot"] = evaluate_zero_shot(
+            model, tokenizer, tasks=tasks, limit=args.limit, batch_size=args.batch_size
+        )
+        results["zero_shot_limit"] = args.limit
+    _print_results(results)
+    folder = Path(args.model)
+    if not args.no_save and (folder / REPORT_NAME).is_file():
+        _save_results(folder, results)
+        write_model_card(folder)
+        _say(args, f"Results saved to {folder / 'hywia_evaluation.json'} and its model card")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _tasks(requested: list[str]) -> list[str]:
+    from .arguments import TASK_CHOICES
+
+    if not requested:
+        return []
+    if requested == ["all"]:
+        return list(TASK_CHOICES)
+    unknown = [task for task in requested if task not in TASK_CHOICES]
+    if unknown:
+        raise CommandError(f"Unknown task(s) {unknown}; choose 'all' or among {', '.join(TASK_CHOICES)}.")
+    return list(dict.fromkeys(requested))
+
+
+def _perplexity(model, tokenizer, source: str, sequence_length: int, max_windows: int, args) -> dict[str, Any]:
+    from ..evaluation import evaluation_text, perplexity
+
+    if source in ("wikipedia", "wikitext2"):
+        text, name = evaluation_text(source)
+    elif os.path.isfile(source):
+        text, name = Path(source).read_text(encoding="utf-8"), Path(source).name
+    else:
+        raise CommandError(f"--text {source!r} is neither 'wikipedia', 'wikitext2' nor an existing text file.")
+    _say(args, f"Perplexity on {name}: {max_windows} windows of {sequence_length} tokens")
+    value = perplexity(
+        model,
+        tokenizer,
+        text,
+        sequence_length=sequence_length,
+        max_windows=max_windows,
+        show_progress=not args.quiet,
+    )
+    return {name: {"perplexity": value, "sequence_length": sequence_length, "windows": max_windows}}
+
+
+def _save_results(folder: Path, results: dict[str, Any]) -> None:
+    from ..model_card import EVALUATION_NAME
+
+    path = folder / EVALUATION_NAME
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    for key, value in results.items():
+        if isinstance(value, dict) and isinstance(saved.get(key), dict):
+            saved[key].update(value)
+        else:
+            saved[key] = value
+    path.write_text(json.dumps(saved, indent=2) + "\n")
+
+
+def _print_results(results: dict[str, Any]) -> None:
+    for name, row in results.get("perplexity", {}).items():
+        print(f"perplexity  {name}: {row['perplexity']:.3f}")
+    for task, row in results.get("zero_shot", {}).items():
+        norm = f"  acc_norm {100 * row['acc_norm']:.1f}" if "acc_norm" in row else ""
+        print(f"zero-shot   {task:<14} acc {100 * row['acc']:.1f}{norm}")
+
+
+# --------------------------------------------------------------------------------------------------------- recover
+
+
+def recover(args: argparse.Namespace) -> None:
+    from ..model_card import push_checkpoint_to_hub
+    from ..recovery import RecoveryConfig, save_recovered_model
+    from ..recovery import recover as run_recovery
+
+    config = RecoveryConfig(
+        rank=args.rank,
+        alpha=args.alpha,
+        dropout=args.dropout,
+        target_modules=args.target_modules,
+        learning_rate=args.learning_rate,
+        lr_scheduler=args.lr_scheduler,
+        warmup_steps=args.warmup_steps,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        gradient_accumulation_steps=args.gradient_accumulation,
+        sequence_length=args.sequence_length,
+        data_format=args.data_format,
+        gradient_checkpointing=args.gradient_checkpointing,
+        logging_steps=args.logging_steps,
+        save_steps=args.save_steps,
+        seed=args.seed,
+    )
+    _check_output(args.output, args.overwrite)
+    if not Path(args.model).is_dir() and not args.gguf_file:
+        args.model = _download(args.model, args.revision)  # the pruning files are carried over from the folder
+    model, tokenizer, folder = _load_for_use(args)
+    data = load_data(args.data, args.dataset_config, args.dataset_split)
+    state_dir = Path(args.state_dir or f"{Path(args.output).resolve()}.recovery")
+    model = run_recovery(model, tokenizer, data, config, output_dir=state_dir, show_progress=not args.quiet)
+    log = model.hywia_recovery_log
+    saved = save_recovered_model(model, tokenizer, folder, args.output, overwrite=args.overwrite)
+    loss = f", loss {log.initial_loss:.4f} -> {log.final_loss:.4f}" if log.losses else ""
+    print(f"Recovered with LoRA ({log.steps} steps{loss}). Saved to {saved}")
+    if args.push_to_hub:
+        url = push_checkpoint_to_hub(saved, args.push_to_hub, private=args.private)
+        print(f"Uploaded to {args.push_to_hub}: {url}")
+
+
+# ---------------------------------------------------------------------------------------------------------- shared
+
+
+def load_data(source: str, config_name: str | None = None, split: str = "train") -> Any:
+    """Texts or records from a built-in text, a file, or a `datasets` dataset (name, config, split)."""
+    from ..data import lambada_texts, wikipedia_texts
+
+    if source == "lambada":
+        return lambada_texts()
+    if source == "wikipedia":
+        return wikipedia_texts()
+    if os.path.isfile(source):
+        from ..recovery import load_records
+
+        return load_records(source)
+    if os.path.exists(source) or source.startswith((".", "/", "~")) or Path(source).suffix in _FILE_SUFFIXES:
+        raise CommandError(f"Data file {source!r} does not exist (or is a folder); pass a file, or 'lambada'.")
+    from ..data.models import hub_reachable
+
+    if not hub_reachable():
+        raise CommandError(
+            f"{source!r} is not a file nor a built-in text ({', '.join(BUILTIN_TEXTS)}), and the Hub is not "
+            "reachable to load it as a `datasets` dataset."
+        )
+    import datasets
+
+    try:
+        return datasets.load_dataset(source, config_name, split=split)
+    except Exception as error:
+        raise CommandError(f"Could not load dataset {source!r} (split {split!r}): {_one_line(error)}") from error
+
+
+_FILE_SUFFIXES = (".txt", ".json", ".jsonl", ".csv", ".parquet", ".md")
+
+
+def _download(repo_id: str, revision: str | None) -> str:
+    from huggingface_hub import snapshot_download
+
+    from ..data.models import hub_reachable
+
+    if not hub_reachable():
+        raise CommandError(f"{repo_id!r} is not a local folder and the Hub is not reachable; pass a local checkpoint.")
+    return snapshot_download(repo_id, revision=revision)
+
+
+def _model_location(args: argparse.Namespace) -> tuple[str, dict[str, Any], str, str | None]:
+    """`(name_or_path, from_pretrained kwargs, description, Hub id of an offline fallback or None)`."""
+    kwargs: dict[str, Any] = {}
+    fallback = None
+    if args.gguf_file:
+        name, description = args.model, f"{args.model} ({args.gguf_file})"
+        kwargs["gguf_file"] = args.gguf_file
+    else:
+        from ..data.models import model_source
+
+        try:
+            name, extra, description = model_source(args.model)
+        except OSError as error:
+            raise CommandError(str(error)) from None
+        kwargs.update(extra)
+        if "gguf_file" in extra:
+            fallback = args.model
+    if args.revision:
+        kwargs["revision"] = args.revision
+    if args.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    if args.dtype != "auto":
+        import torch
+
+        kwargs["dtype"] = getattr(torch, args.dtype)
+    return name, kwargs, description, fallback
+
+
+def _load_for_use(args: argparse.Namespace) -> tuple[Any, Any, Path]:
+    """Model (moved to --device, in eval mode), tokenizer, and the local folder it came from."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..modeling import load_pruned_model
+
+    device = _device(args.device)
+    name, kwargs, description, _ = _model_location(args)
+    _say(args, f"Loading {description}")
+    if kwargs.get("gguf_file") or kwargs.get("trust_remote_code"):
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    else:
+        model = load_pruned_model(name, **kwargs)
+    tokenizer_kwargs = {k: v for k, v in kwargs.items() if k in ("gguf_file", "revision", "trust_remote_code")}
+    tokenizer = AutoTokenizer.from_pretrained(name, **tokenizer_kwargs)
+    model.to(device).eval()
+    folder = Path(name) if Path(name).is_dir() else Path(model.name_or_path)
+    return model, tokenizer, folder
+
+
+def _device(requested: str) -> Any:
+    import torch
+
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except RuntimeError as error:
+        raise CommandError(f"--device {requested!r} is not a device ({_one_line(error)}); use cpu or cuda.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CommandError(f"--device {requested} but CUDA is not available here; use --device cpu.")
+    return device
+
+
+def _check_output(output: str, overwrite: bool) -> None:
+    path = Path(output)
+    if path.exists() and not path.is_dir():
+        raise CommandError(f"--output {output} is a file; pass a folder.")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise CommandError(f"--output {output} exists and is not empty; pass --overwrite to replace it.")
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logger = logging.getLogger("optimum_hywia")
+    logger.setLevel(level)
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.propagate = False
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity(logging.INFO if args.debug else logging.ERROR)
+    if args.quiet:
+        transformers_logging.disable_progress_bar()
+    import warnings
+
+    if not args.debug:
+        warnings.filterwarnings("ignore")
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    if isinstance(error, KeyError) and text.startswith("'"):
+        text = f"missing key {text}"
+    first = text.splitlines()[0] if text else ""
+    if isinstance(error, (CommandError, ValueError, FileNotFoundError, FileExistsError, OSError, TypeError)):
+        return first or type(error).__name__
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__

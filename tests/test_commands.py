@@ -1,0 +1,207 @@
+"""`optimum-cli hywia ...` and the `hywia` script, run as subprocesses like a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import VOCAB, make_tiny_model
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from optimum_hywia import load_pruned_model
+
+BIN = Path(sys.executable).parent
+WORDS = [f"w{i}" for i in range(VOCAB - 4)]
+
+
+def cli(*args: str, tool: str = "hywia", timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    command = [str(BIN / tool), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A tiny Llama with a word-level tokenizer saved as a model folder, and text and instruction data files."""
+    folder = tmp_path_factory.mktemp("cli")
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<eos>", pad_token="<pad>", bos_token="<bos>", unk_token="<unk>"
+    )
+    make_tiny_model("llama-gqa").save_pretrained(folder / "base")
+    tokenizer.save_pretrained(folder / "base")
+    rng = random.Random(0)
+    lines = [" ".join(rng.choice(WORDS) for _ in range(60)) for _ in range(100)]
+    (folder / "text.txt").write_text("\n".join(lines))
+    records = [{"prompt": f"{WORDS[i]} {WORDS[i + 1]}", "completion": WORDS[i + 2]} for i in range(40)]
+    (folder / "instructions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+def test_optimum_cli_discovers_the_commands_without_importing_torch():
+    listing = cli("--help", tool="optimum-cli")
+    assert listing.returncode == 0 and "hywia" in listing.stdout
+    for command, example in [("prune", "--layout per_layer"), ("evaluate", "--tasks"), ("recover", "--rank 16")]:
+        result = cli("hywia", command, "--help", tool="optimum-cli")
+        assert result.returncode == 0 and "examples:" in result.stdout and example in result.stdout
+        assert f"optimum-cli hywia {command}" in result.stdout
+    script = cli("prune", "--help")
+    assert script.returncode == 0 and "hywia prune" in script.stdout and "exit codes" in script.stdout
+    check = "import sys, optimum.commands.register.hywia as r; print(r.REGISTER_COMMANDS, 'torch' in sys.modules)"
+    light = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert light.stdout.strip().endswith("False"), light.stdout + light.stderr
+    import optimum  # the namespace package still imports, with optimum's own modules
+
+    assert any("site-packages" in path for path in optimum.__path__)
+
+
+def test_prune_evaluate_recover_round_trip(workspace):
+    pruned, recovered = workspace / "pruned", workspace / "recovered"
+    result = cli(
+        "prune", str(workspace / "base"), "-o", str(pruned), "--ratio", "0.3", "--layout", "per_layer",
+        "--calibration-data", str(workspace / "text.txt"), "--samples", "8", "--sequence-length", "32",
+        "--fusion-steps", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "30.0% of decoder-layer parameters removed" in result.stdout
+    assert "HyWIA fusion training" in result.stderr  # progress bars
+    report = json.loads((pruned / "hywia_report.json").read_text())
+    assert report["layout"] == "per_layer" and (pruned / "README.md").is_file()
+
+    result = cli(
+        "evaluate", str(pruned), "--text", str(workspace / "text.txt"), "--sequence-length", "32",
+        "--max-windows", "4", "--json", str(workspace / "eval.json"), "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    value = json.loads((workspace / "eval.json").read_text())["perplexity"]["text.txt"]["perplexity"]
+    assert f"perplexity  text.txt: {value:.3f}" in result.stdout and 1 < value < 1000
+    saved = json.loads((pruned / "hywia_evaluation.json").read_text())
+    assert saved["perplexity"]["text.txt"]["perplexity"] == value
+    assert f"| text.txt | {value:.2f} | 32 | 4 |" in (pruned / "README.md").read_text()
+
+    result = cli(
+        "recover", str(pruned), "-o", str(recovered), "--data", str(workspace / "instructions.jsonl"),
+        "--steps", "4", "--sequence-length", "16", "--learning-rate", "1e-3", "--save-steps", "2", "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "Recovered with LoRA (4 steps" in result.stdout
+    log = json.loads((recovered / "recovery_log.json").read_text())
+    assert log["data_format"] == "instruction" and log["steps"] == 4
+    assert (Path(f"{recovered}.recovery") / "checkpoint" / "trainer_state.json").is_file()
+    card = (recovered / "README.md").read_text()
+    assert "## LoRA recovery" in card and "## Evaluation" not in card  # old results describe the unrecovered model
+    before, after = load_pruned_model(pruned), load_pruned_model(recovered)
+    assert {k: v.shape for k, v in before.state_dict().items()} == {k: v.shape for k, v in after.state_dict().items()}
+    assert any(not before.state_dict()[k].equal(v) for k, v in after.state_dict().items())
+
+    # running the same recovery again resumes the finished run instead of training again
+    again = cli(
+        "recover", str(pruned), "-o", str(recovered), "--overwrite", "--data", str(workspace / "instructions.jsonl"),
+        "--steps", "4", "--sequence-length", "16", "--learning-rate", "1e-3", "--save-steps", "2",
+    )  # fmt: skip
+    assert again.returncode == 0 and "resuming from step 4 of 4" in again.stderr
+
+
+def test_optimum_cli_prunes_a_uniform_baseline(workspace, tmp_path):
+    result = cli(
+        "hywia", "prune", str(workspace / "base"), "-o", str(tmp_path / "l2"), "--importance", "l2", "--quiet",
+        tool="optimum-cli",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "l2" / "config.json").read_text())
+    assert "hywia_linear_shapes" not in config and config["intermediate_size"] < 96
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["prune", "{base}", "-o", "{out}", "--ratio", "1.5"], 2, "argument --ratio: must be in (0, 1)"),
+        (["prune", "no-such/model", "-o", "{out}"], 1, "Hub is not reachable and 'no-such/model' is not a local"),
+        (["prune", "{base}", "-o", "{base}"], 1, "exists and is not empty; pass --overwrite"),
+        (["evaluate", "{base}", "--tasks", "piqa", "squad"], 1, "Unknown task(s) ['squad']; choose 'all' or among"),
+        (["recover", "{base}", "-o", "{out}", "--data", "missing.jsonl"], 1, "Data file 'missing.jsonl' does not"),
+        (["prune", "{base}", "-o", "{out}", "--device", "cuda:7"], 1, "use --device cpu"),
+        ([], 2, "Run `hywia <command> --help`"),
+    ],
+)
+def test_errors_are_one_line_with_an_exit_code(workspace, tmp_path, args, code, message):
+    if "cuda:7" in args:
+        import torch
+
+        if torch.cuda.device_count() > 7:
+            pytest.skip("this machine has a cuda:7")
+    args = [a.format(base=workspace / "base", out=tmp_path / "out") for a in args]
+    result = cli(*args)
+    assert result.returncode == code
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    if code == 1:
+        assert result.stderr.strip().splitlines()[-1].startswith(f"hywia {args[0]}: error: ")
+
+
+def test_push_to_hub_flag_uploads_with_the_token_from_the_environment(workspace, tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    from optimum_hywia.commands.main import main
+
+    calls = {}
+
+    class RecordingApi:
+        def __init__(self, token=None):
+            calls["token_argument"] = token  # None: huggingface_hub reads HF_TOKEN itself
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls["repo"] = (repo_id, private, exist_ok)
+
+        def upload_folder(self, repo_id, folder_path, commit_message, ignore_patterns=None):
+            calls["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+            return f"https://hub.example/{repo_id}/commit/abc"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    monkeypatch.setenv("HF_TOKEN", "hf_do_not_print_me")
+    argv = ["prune", str(workspace / "base"), "-o", str(tmp_path / "up"), "--importance", "l2", "--quiet"]
+    code = main([*argv, "--push-to-hub", "me/tiny-l2", "--private"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert calls["repo"] == ("me/tiny-l2", True, True) and calls["token_argument"] is None
+    assert {"README.md", "model.safetensors", "hywia_report.json"} <= set(calls["files"])
+    assert "Uploaded to me/tiny-l2: https://hub.example/me/tiny-l2/commit/abc" in out.out
+    assert "hf_do_not_print_me" not in out.out + out.err
+    assert 'from_pretrained("me/tiny-l2")' in (tmp_path / "up" / "README.md").read_text()
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130_and_a_changed_run_is_refused(workspace, tmp_path):
+    import signal
+    import time
+
+    pruned = tmp_path / "pruned"
+    assert cli("prune", str(workspace / "base"), "-o", str(pruned), "--importance", "l2", "--quiet").returncode == 0
+    args = [
+        "recover", str(pruned), "-o", str(tmp_path / "out"), "--data", str(workspace / "text.txt"),
+        "--steps", "100000", "--sequence-length", "16", "--batch-size", "2", "--save-steps", "1", "--quiet",
+    ]  # fmt: skip
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    process = subprocess.Popen([str(BIN / "hywia"), *args], stderr=subprocess.PIPE, text=True, env=env)
+    state = tmp_path / "out.recovery" / "checkpoint" / "trainer_state.json"
+    deadline = time.monotonic() + 300
+    while not state.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "hywia recover: interrupted" in stderr and "Traceback" not in stderr
+    step = json.loads(state.read_text())["step"]
+    assert step >= 1
+
+    args[args.index("100000")] = str(step + 1)  # a shorter run is a different run: refused, with the reason
+    refused = cli(*args)
+    assert (
+        refused.returncode == 1 and "holds a recovery checkpoint of a different run (changed: config)" in refused.stderr
+    )

@@ -1,0 +1,103 @@
+"""Data-parallel calibration on torch.distributed: 2 CPU processes on gloo prune exactly like one process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import run_python
+
+TESTS_DIR = Path(__file__).parent
+
+CASES = [("hywia", "uniform"), ("hywia", "per_layer"), ("element1", "per_layer"), ("element2", "uniform")]
+
+SCRIPT = """
+import json, sys, tempfile, os
+import torch, torch.distributed as dist, torch.multiprocessing as mp
+sys.path.insert(0, {tests_dir!r})
+from conftest import arithmetic_sequences, make_trained_tiny_model
+from optimum_hywia import HyWIAConfig, HyWIAPruner
+from optimum_hywia.distributed import distributed_world
+
+CASES = {cases!r}
+
+
+def prune(model, importance, layout, batch_size=4):
+    config = HyWIAConfig(
+        pruning_ratio=0.3, importance=importance, layout=layout, num_calibration_samples=16,
+        calibration_sequence_length=32, calibration_batch_size=batch_size, fusion_steps=4, fusion_learning_rate=0.2,
+    )
+    pruner = HyWIAPruner(model, config)
+    pruner.prune(arithmetic_sequences(16, seed=7), show_progress=False)
+    return {{"kept": pruner.report.kept_groups, "losses": pruner.report.fusion_losses}}
+
+
+def run_all(base):
+    import copy
+    return {{f"{{i}} {{l}}": prune(copy.deepcopy(base), i, l) for i, l in CASES}}
+
+
+def worker(rank, world_size, init_file, base, queue):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{{init_file}}", rank=rank, world_size=world_size)
+    try:
+        assert distributed_world() == (rank, world_size)
+        results = run_all(base)
+        try:
+            prune(base, "hywia", "uniform", batch_size=1)
+            results["error"] = None
+        except ValueError as error:
+            results["error"] = str(error)
+    except BaseException:
+        import traceback
+        queue.put((rank, traceback.format_exc()))
+        raise
+    queue.put((rank, results))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    base = make_trained_tiny_model(steps=60)
+    single = run_all(base)
+    init_file = os.path.join(tempfile.mkdtemp(), "init")
+    context = mp.get_context("spawn")
+    queue = context.Queue()
+    processes = [context.Process(target=worker, args=(rank, 2, init_file, base, queue)) for rank in range(2)]
+    for process in processes:
+        process.start()
+    ranks = dict(queue.get(timeout=600) for _ in processes)
+    failures = [result for result in ranks.values() if isinstance(result, str)]
+    assert not failures, failures[0]
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0, process.exitcode
+    print(json.dumps({{"single": single, "ranks": [ranks[0], ranks[1]]}}))
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict:
+    script = tmp_path_factory.mktemp("distributed") / "run.py"
+    script.write_text(SCRIPT.format(tests_dir=str(TESTS_DIR), cases=CASES))
+    output = run_python(f"import runpy; runpy.run_path({str(script)!r}, run_name='__main__')", timeout=900)
+    return json.loads(output.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("importance, layout", CASES)
+def test_two_gloo_ranks_keep_the_same_groups_as_one_process(runs, importance, layout):
+    case = f"{importance} {layout}"
+    single = runs["single"][case]
+    for rank in runs["ranks"]:
+        assert rank[case]["kept"] == single["kept"]
+        # the fusion training sees the whole batch's loss on every rank, equal to the single process's
+        assert rank[case]["losses"] == pytest.approx(single["losses"], rel=1e-4)
+    if importance == "hywia":
+        assert len(single["losses"]) == 4
+
+
+def test_a_batch_smaller_than_the_world_is_refused_with_the_fix(runs):
+    for rank in runs["ranks"]:
+        assert "calibration_batch_size of at least 2" in rank["error"]

@@ -1,0 +1,133 @@
+"""Memory-lean calibration passes, the memory estimate, its refusal, and offloaded models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_tiny_model
+
+from optimum_hywia import HyWIAConfig, HyWIAPruner
+from optimum_hywia.architectures import get_architecture
+from optimum_hywia.memory import (
+    CalibrationModel,
+    MemoryEstimate,
+    check_calibration_memory,
+    checkpointed_layers,
+    estimate_calibration_memory,
+)
+
+SPEC = get_architecture("llama")
+
+
+def _saved_activation_bytes(model, ids) -> int:
+    """Bytes autograd saves for backward in one forward pass (weights excluded): the activation memory."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(input_ids=ids, labels=ids).loss.backward()
+    return sum(size for pointer, size in saved.items() if pointer not in weights)
+
+
+def test_activation_estimate_is_within_a_factor_of_two_of_what_autograd_saves():
+    model = make_tiny_model("llama-gqa", intermediate_size=256, vocab_size=512)
+    for param in model.parameters():
+        param.requires_grad_(param.ndim == 2 and param.shape[0] != 512)  # the pruned projections, as in calibration
+    ids = torch.randint(3, 512, (8, 64), generator=torch.Generator().manual_seed(0))
+    measured = _saved_activation_bytes(model, ids)
+    estimate = estimate_calibration_memory(model, SPEC, batch_size=8, sequence_length=64)
+    assert measured / 2 < estimate.activations < 2 * measured
+    parameters = sum(p.numel() * 4 for p in {id(p): p for p in model.parameters()}.values())
+    assert estimate.weights == parameters + sum(b.numel() * b.element_size() for b in model.buffers())
+
+
+def test_each_knob_lowers_the_estimate():
+    model = make_tiny_model("llama-gqa")
+    base = estimate_calibration_memory(model, SPEC, batch_size=8, sequence_length=64)
+    for options in (dict(micro_batch_size=2), dict(gradient_checkpointing=True), dict(autocast_dtype="bfloat16")):
+        lowered = estimate_calibration_memory(model, SPEC, batch_size=8, sequence_length=64, **options)
+        assert lowered.activations < base.activations, options
+    assert "GiB" in base.summary()
+
+
+def test_a_run_that_cannot_fit_is_refused_with_the_knobs_to_turn(monkeypatch, token_batch):
+    estimate = MemoryEstimate(
+        weights=10, activations=10 * 2**30, gradients=0, statistics=0, device="cpu", available=2**30
+    )
+    with pytest.raises(MemoryError, match="calibration_micro_batch_size.*gradient_checkpointing=True"):
+        check_calibration_memory(estimate)
+    check_calibration_memory(MemoryEstimate(10, 10, 0, 0, "cpu", available=2**30))  # fits: no error
+
+    import optimum_hywia.memory
+
+    monkeypatch.setattr(optimum_hywia.memory, "available_memory", lambda device: 1024)
+    config = dict(num_calibration_samples=8, calibration_sequence_length=32, calibration_batch_size=4, fusion_steps=1)
+    with pytest.raises(MemoryError, match="check_memory=False"):
+        HyWIAPruner(make_tiny_model("llama-gqa"), HyWIAConfig(**config)).prune(token_batch, show_progress=False)
+    pruner = HyWIAPruner(make_tiny_model("llama-gqa"), HyWIAConfig(check_memory=False, **config))
+    pruner.prune(token_batch, show_progress=False)  # the knob to try anyway
+    assert pruner.report.achieved_ratio > 0
+
+
+def test_the_estimate_is_printed_before_calibration(capsys, token_batch):
+    config = HyWIAConfig(
+        importance="element1", num_calibration_samples=8, calibration_sequence_length=32, calibration_batch_size=4
+    )
+    HyWIAPruner(make_tiny_model("llama-gqa"), config).prune(token_batch, show_progress=True)
+    assert "HyWIA calibration memory estimate on cpu" in capsys.readouterr().out
+
+
+def test_lean_options_prune_like_the_plain_run(token_batch):
+    """Micro-batches and checkpointing change the memory, not the result: the same groups are kept."""
+    settings = dict(num_calibration_samples=8, calibration_sequence_length=32, calibration_batch_size=4, fusion_steps=2)
+    kept = []
+    for options in (dict(), dict(calibration_micro_batch_size=1, gradient_checkpointing=True)):
+        pruner = HyWIAPruner(make_tiny_model("qwen2"), HyWIAConfig(layout="per_layer", **settings, **options))
+        pruner.prune(token_batch, show_progress=False)
+        kept.append(pruner.report.kept_groups)
+        assert pruner.report.fusion_losses and all(loss == loss for loss in pruner.report.fusion_losses)
+    assert kept[0] == kept[1]
+
+
+def test_checkpointed_layers_restore_the_forward_and_match_the_logits():
+    model = make_tiny_model("mistral")
+    ids = torch.arange(3, 35)[None]
+    with torch.no_grad():
+        expected = model(ids, use_cache=False).logits
+    layer = model.model.layers[0]
+    with checkpointed_layers(model, SPEC):
+        assert "forward" in vars(layer)
+        logits = model(ids, use_cache=False).logits
+        logits.sum().backward()
+    assert "forward" not in vars(layer)
+    torch.testing.assert_close(logits.detach(), expected)
+    assert model.model.layers[0].mlp.up_proj.weight.grad is not None
+
+
+def test_calibration_model_rejects_bad_options():
+    model = make_tiny_model("llama-gqa")
+    with pytest.raises(ValueError, match="autocast_dtype"):
+        CalibrationModel(model, SPEC, autocast_dtype="float8")
+    with pytest.raises(ValueError, match="micro_batch_size"):
+        CalibrationModel(model, SPEC, micro_batch_size=0)
+
+
+def test_disk_offloaded_model_is_refused_with_a_clear_message(tmp_path):
+    """accelerate's device_map with max_memory forcing disk offload leaves meta weights: refused, with the knobs."""
+    from transformers import AutoModelForCausalLM
+
+    make_tiny_model("llama-gqa").save_pretrained(tmp_path / "model")
+    model = AutoModelForCausalLM.from_pretrained(
+        tmp_path / "model",
+        device_map="auto",
+        max_memory={"cpu": "200KB"},
+        offload_folder=str(tmp_path / "offload"),
+    )
+    assert any(param.device.type == "meta" for param in model.parameters())
+    pruner = HyWIAPruner(model, HyWIAConfig(importance="l2"))
+    with pytest.raises(ValueError, match="offloaded by a device_map.*device_map over accelerators only"):
+        pruner.prune(show_progress=False)

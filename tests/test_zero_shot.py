@@ -1,0 +1,54 @@
+"""Zero-shot accuracy through lm-evaluation-harness on the paper's seven tasks, with offline data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from optimum_hywia.evaluation.zero_shot import PAPER_TASKS, _data_file, evaluate_zero_shot, task_folder
+
+
+def test_task_folder_points_lm_eval_definitions_at_local_data():
+    folder = task_folder(PAPER_TASKS)
+    for task in PAPER_TASKS:
+        config = json.loads((folder / f"{task}.yaml").read_text())
+        assert config["task"] == task and config["dataset_path"] == "json"
+        assert config["include"].endswith(".yaml")
+        data = config["dataset_kwargs"]["data_files"]["validation"]
+        first = json.loads(open(data).readline())
+        assert first  # a real row of the validation split
+
+
+def test_boolq_rows_get_lm_eval_label_from_the_answer():
+    rows = [json.loads(line) for line in _data_file("boolq").read_text().splitlines()[:50]]
+    assert all(row["label"] == int(row["answer"]) for row in rows)
+    assert {row["label"] for row in rows} == {0, 1}
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tasks": ["mmlu"]}, "Unknown zero-shot task"),
+        ({"tasks": []}, "No tasks given"),
+        ({"limit": 0}, "limit must be a positive"),
+    ],
+)
+def test_bad_zero_shot_arguments_get_a_clear_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate_zero_shot(object(), object(), **kwargs)
+
+
+@pytest.mark.slow
+def test_dense_smollm2_scores_are_in_a_sane_range(smollm2):
+    model, tokenizer = smollm2
+    results = evaluate_zero_shot(model, tokenizer, limit=30, batch_size=16)
+    assert set(results) == {*PAPER_TASKS, "average"}
+    for task in PAPER_TASKS:
+        assert results[task]["n"] == 30
+        assert 0.0 <= results[task]["acc"] <= 1.0
+    # chance: PIQA 50%, ARC-e 25%, HellaSwag 25%; SmolLM2-135M is well above it on these
+    assert results["piqa"]["acc"] >= 0.6
+    assert results["arc_easy"]["acc"] >= 0.4
+    assert results["hellaswag"]["acc_norm"] >= 0.3
+    assert 0.3 <= results["average"]["acc"] <= 0.7
