@@ -727,13 +727,9 @@ def _write_checkpoint(checkpoint, fingerprint, config, step, losses, trainable, 
             "optimizer_scalars": scalars,
         }
         (staging / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
-        backup = None
-        if checkpoint.exists():
-            backup = checkpoint.with_name(f".{checkpoint.name}.old-{os.getpid()}")
-            os.replace(checkpoint, backup)
-        os.replace(staging, checkpoint)
-        if backup is not None:
-            shutil.rmtree(backup, ignore_errors=True)
+        from .pruner import _replace_directory
+
+        _replace_directory(staging, checkpoint)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
