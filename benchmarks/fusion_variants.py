@@ -7,6 +7,12 @@ perplexity (20 × 512 tokens), the calibration loss of the masked model, and how
 each ranking keeps (the layer-wise allocation it implies).
 
     .venv/bin/python benchmarks/fusion_variants.py --ratio 0.5 --variants element1 element2 vector fixed0.5 hywia
+    .venv/bin/python benchmarks/fusion_variants.py --ratio 0.2 --variants element1 element2 vector fixed0.5 hywia \
+        hywia-geo fixed0.5-geo hywia-3 hywia-geo-3 hywia-ste hywia-geo-ste
+
+Variants: the three estimators alone; `fixed<alpha>` (a fixed fine/coarse blend) and `hywia` (the learned blend), the
+latter two with optional suffixes `-geo` (blend log-scores: a weighted geometric mean), `-3` (element2 as a third
+estimate the attention can pick) and `-ste` (straight-through masks: the hard selection in the forward pass).
 """
 
 from __future__ import annotations
@@ -84,13 +90,27 @@ def main() -> None:
         if variant in estimates:
             evaluate(variant, {gs.key: estimates[variant][gs.key] / gs.params_per_group for gs in sets}, {})
             continue
-        fixed = float(variant.removeprefix("fixed")) if variant.startswith("fixed") else None
-        if fixed is None and variant != "hywia":
-            raise SystemExit(f"Unknown variant {variant!r}: element1, element2, vector, fixed<alpha>, hywia.")
-        fusion = HybridFusion(sets, estimates["element1"], estimates["vector"], plan, num_layers, fixed_alpha=fixed)
+        parts = variant.split("-")
+        fixed = float(parts[0].removeprefix("fixed")) if parts[0].startswith("fixed") else None
+        if (fixed is None and parts[0] != "hywia") or not set(parts[1:]) <= {"geo", "3", "ste"}:
+            raise SystemExit(
+                f"Unknown variant {variant!r}: element1, element2, vector, or fixed<alpha> / hywia with optional "
+                "suffixes -geo (geometric blend), -3 (element2 as a third estimate), -ste (straight-through masks)."
+            )
+        fusion = HybridFusion(
+            sets,
+            estimates["element1"],
+            estimates["vector"],
+            plan,
+            num_layers,
+            fixed_alpha=fixed,
+            extra=[estimates["element2"]] if "3" in parts else None,
+            blend="geometric" if "geo" in parts else "arithmetic",
+            straight_through="ste" in parts,
+        )
         result = fusion.train(model, batches, config.fusion_steps, 0.05, (1.0, 0.05), show_progress=False)
-        alpha = {f"{layer}.{kind}": round(a[0], 3) for (layer, kind), a in result.alpha.items()}
-        evaluate(variant, result.scores, {"alpha_fine": alpha, "seconds": time.perf_counter() - start})
+        alpha = {f"{layer}.{kind}": [round(x, 3) for x in a] for (layer, kind), a in result.alpha.items()}
+        evaluate(variant, result.scores, {"alpha": alpha, "seconds": time.perf_counter() - start})
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ fraction of that limit.
 The pruned models use the `l2` importance: the benchmark is about the *structure* (which widths remain), not the
 quality, and `l2` needs no calibration pass. Any other importance gives the same shapes, hence the same speed.
 
-    nice -n 5 .venv/bin/python benchmarks/inference.py
+    taskset -c 1 .venv/bin/python benchmarks/inference.py --threads 1 --new-tokens 64 --repeats 7
 
 Results (with the command line) go to `benchmarks/results/inference.json`.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -51,10 +52,13 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="*", default=[1, 8])
     parser.add_argument("--prompt-length", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds; each round visits every model once")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args()
     logging.set_verbosity_error()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     folder, gguf_file = smollm2_gguf()
     dense = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32).eval()
@@ -71,14 +75,30 @@ def main() -> None:
     for name, model in models.items():
         params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
         rows[name] = {"params": params, "macs_per_token": macs_per_token(model, context)}
-        for batch_size in args.batch_sizes:
-            rows[name][f"batch {batch_size}"] = measure_throughput(
-                model,
-                batch_size=batch_size,
-                prompt_length=args.prompt_length,
-                new_tokens=args.new_tokens,
-                repeats=args.repeats,
-            )
+    # Rounds visit every model in turn, so a slow spell of the machine hits all of them alike; medians over rounds.
+    for batch_size in args.batch_sizes:
+        timings: dict[str, list[dict[str, float]]] = {name: [] for name in models}
+        for round_index in range(args.repeats):
+            for name, model in models.items():
+                timings[name].append(
+                    measure_throughput(
+                        model,
+                        batch_size=batch_size,
+                        prompt_length=args.prompt_length,
+                        new_tokens=args.new_tokens,
+                        repeats=1,
+                        warmup=1 if round_index == 0 else 0,
+                    )
+                )
+        for name, runs in timings.items():
+            rows[name][f"batch {batch_size}"] = {
+                **runs[0],
+                **{
+                    key: statistics.median(run[key] for run in runs)
+                    for key in ("prefill_tokens_per_s", "decode_tokens_per_s")
+                },
+                "rounds": len(runs),
+            }
     dense_row = rows["dense"]
     for name, row in rows.items():
         row["mac_limit_speedup"] = dense_row["macs_per_token"] / row["macs_per_token"]

@@ -3,6 +3,9 @@
 `plan_pruning` turns the requested ratio into a budget: for the `uniform` layout, a kept width per group kind shared by
 every pruned layer (head counts the vanilla config accepts when possible); for `per_layer`, a number of parameters to
 remove through one global ranking. `select_groups` then picks the kept groups from importance scores.
+
+Hardware-friendly widths: a pruned layer keeps a multiple of `round_to` MLP channels and of `head_round_to` KV-head
+groups (so a multiple of `head_round_to * num_attention_heads / num_key_value_heads` query heads), or all of them.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ class PruningPlan:
         total_params: prunable parameters of all decoder layers.
         kept_groups: uniform layout: groups kept in every pruned layer, per kind.
         min_groups: per_layer layout: fewest groups a layer may keep, per kind.
-        round_to: kept MLP widths are multiples of this.
+        round_to: kept MLP widths are multiples of this (or the whole width).
         vanilla_config: whether the result can be described by the family's vanilla config.
+        head_round_to: kept KV-head group counts are multiples of this (or all of the layer's groups).
     """
 
     layout: str
@@ -46,6 +50,11 @@ class PruningPlan:
     min_groups: dict[str, int]
     round_to: int
     vanilla_config: bool = True
+    head_round_to: int = 1
+
+    def step(self, kind: str) -> int:
+        """Kept counts of groups of `kind` are multiples of this (or the whole width)."""
+        return self.head_round_to if kind == "attention" else self.round_to
 
 
 def plan_pruning(
@@ -58,23 +67,39 @@ def plan_pruning(
     """Translate `config.pruning_ratio` into a `PruningPlan` for the pruned `group_sets`."""
     remove = round(config.pruning_ratio * total_params)
     pruned_params = sum(gs.num_groups * gs.params_per_group for gs in group_sets)
-    min_groups = {"attention": 1, "mlp": config.round_to}
+    min_groups = {"attention": config.head_round_to, "mlp": config.round_to}
     for group_set in group_sets:
         if group_set.kind == "mlp" and group_set.num_groups < config.round_to:
             raise ValueError(
                 f"round_to={config.round_to} is larger than layer {group_set.layer}'s MLP width "
                 f"{group_set.num_groups}: use a round_to <= {group_set.num_groups}."
             )
+        if group_set.kind == "attention" and group_set.num_groups < config.head_round_to:
+            # multi-query attention (one shared KV head) is pruned by single query heads
+            counted = "query-head" if group_set.units_per_group.get("kv_heads") == 0 else "KV-head"
+            raise ValueError(
+                f"head_round_to={config.head_round_to} is larger than layer {group_set.layer}'s {counted} count "
+                f"{group_set.num_groups}: use a head_round_to <= {group_set.num_groups}."
+            )
     removable = sum((gs.num_groups - min_groups[gs.kind]) * gs.params_per_group for gs in group_sets)
     # a request within half of the smallest group of the maximum is met by the maximum (ratios are rounded numbers)
     if remove > removable + min(gs.params_per_group for gs in group_sets) / 2:
+        kept_at_least = "one group of each kind"
+        if config.head_round_to > 1 or config.round_to > 1:
+            least = {
+                "attention": f"{config.head_round_to} KV-head group(s)",
+                "mlp": f"{config.round_to} MLP channel(s)",
+            }
+            kept_at_least = " and ".join(least[kind] for kind in dict.fromkeys(gs.kind for gs in group_sets))
         raise ValueError(
             f"pruning_ratio={config.pruning_ratio} asks to remove {remove:,} of the {total_params:,} decoder-layer "
             f"parameters, but the pruned layers can give at most {removable:,} "
-            f"({removable / total_params:.1%}) while keeping one group of each kind per layer: lower the ratio, "
+            f"({removable / total_params:.1%}) while keeping {kept_at_least} per layer: lower the ratio, "
             f"widen layer_range, or add group kinds."
         )
-    plan = PruningPlan(config.layout, remove, total_params, {}, min_groups, config.round_to)
+    plan = PruningPlan(
+        config.layout, remove, total_params, {}, min_groups, config.round_to, head_round_to=config.head_round_to
+    )
     if config.layout == "uniform":
         _plan_uniform(plan, spec, model_config, group_sets, remove / pruned_params)
     _check_ratio_is_feasible(config, plan, group_sets)
@@ -82,21 +107,34 @@ def plan_pruning(
 
 
 def planned_removal(plan: PruningPlan, group_sets: list[GroupSet]) -> int:
-    """Parameters the plan will remove: exact for `uniform`; for `per_layer`, the request rounded to whole groups."""
+    """Parameters the plan will remove: exact for `uniform`; for `per_layer`, the request rounded to the smallest
+    removal a layer allows (`_per_layer_step`)."""
     if plan.layout == "uniform":
         return sum((gs.num_groups - plan.kept_groups[gs.kind]) * gs.params_per_group for gs in group_sets)
-    step = min(gs.params_per_group for gs in group_sets)
+    step = _per_layer_step(plan, group_sets)
     return round(plan.remove_params / step) * step
+
+
+def _per_layer_step(plan: PruningPlan, group_sets: list[GroupSet]) -> int:
+    """`per_layer`: the smallest removal one set allows, in parameters: one group when its kind's step is 1, else
+    the groups between its width and the largest multiple of the step below it (a whole step when it divides)."""
+    steps = [
+        (gs.num_groups - _allowed_counts(plan.step(gs.kind), gs.num_groups)[-2]) * gs.params_per_group
+        for gs in group_sets
+        if gs.num_groups > plan.step(gs.kind)
+    ]
+    return min(steps) if steps else min(gs.params_per_group for gs in group_sets)
 
 
 def feasible_removals(plan: PruningPlan, group_sets: list[GroupSet], amount: int) -> tuple[int | None, int | None]:
     """The feasible removals (in parameters) nearest to `amount`: the largest one <= it and the smallest one >= it.
 
-    `uniform`: every pruned layer keeps the same number of KV-head groups (1..all) and of MLP channels (multiples of
-    `round_to`, or all). `per_layer`: any number of whole groups, the smallest group being the step.
+    `uniform`: every pruned layer keeps the same number of KV-head groups (multiples of `head_round_to`, or all) and
+    of MLP channels (multiples of `round_to`, or all). `per_layer`: multiples of the smallest removal a layer allows
+    (one group with steps of 1; an approximation with coarser steps).
     """
     if plan.layout == "per_layer":
-        step = min(gs.params_per_group for gs in group_sets)
+        step = _per_layer_step(plan, group_sets)
         removable = sum((gs.num_groups - plan.min_groups[gs.kind]) * gs.params_per_group for gs in group_sets)
         below = min(amount // step * step, removable // step * step)
         above = -(-amount // step) * step
@@ -106,8 +144,7 @@ def feasible_removals(plan: PruningPlan, group_sets: list[GroupSet], amount: int
     for kind in dict.fromkeys(gs.kind for gs in group_sets):
         sets = [gs for gs in group_sets if gs.kind == kind]
         width, cost = sets[0].num_groups, sets[0].params_per_group * len(sets)
-        kept_counts = range(1, width + 1) if kind == "attention" else [*range(plan.round_to, width + 1, plan.round_to)]
-        removal_options.append(sorted({(width - kept) * cost for kept in {*kept_counts, width}}))
+        removal_options.append(sorted({(width - kept) * cost for kept in _allowed_counts(plan.step(kind), width)}))
     first, second = removal_options[0], (removal_options[1] if len(removal_options) > 1 else [0])
     below, above = None, None
     for removed_first in first:  # for each option of one kind, the nearest options of the other, by bisection
@@ -136,6 +173,8 @@ def _check_ratio_is_feasible(config: HyWIAConfig, plan: PruningPlan, group_sets:
     ratios = [amount / plan.total_params for amount in (below, above) if amount]
     nearest = " or ".join(f"{ratio:.4g}" for ratio in ratios) or "none"
     units = {"attention": "KV-head groups", "mlp": f"MLP channels (multiples of round_to={config.round_to})"}
+    if config.head_round_to > 1:
+        units["attention"] += f" (multiples of head_round_to={config.head_round_to})"
     granularity = " and ".join(units[kind] for kind in config.group_kinds)
     if config.layout == "uniform":
         granularity = f"every pruned layer keeps the same number of {granularity}"
@@ -144,6 +183,7 @@ def _check_ratio_is_feasible(config: HyWIAConfig, plan: PruningPlan, group_sets:
     raise ValueError(
         f"pruning_ratio={config.pruning_ratio} cannot be met with layout={config.layout!r} ({granularity}; the "
         f"plan would remove {planned / plan.total_params:.4g}): use the nearest feasible pruning_ratio {nearest}, "
+        + ("lower round_to / head_round_to, " if config.round_to > 1 or config.head_round_to > 1 else "")
         + ("or add group kinds." if config.layout == "per_layer" else "add group kinds, or use layout='per_layer'.")
     )
 
@@ -165,15 +205,28 @@ def _plan_uniform(plan: PruningPlan, spec, model_config, group_sets: list[GroupS
         # with the MLP pruned too, attention takes the same share as the MLP (as LLM-Pruner does); alone, all of it
         share = fraction if "mlp" in by_kind else remove_per_layer / (groups * attention.params_per_group)
         target = groups * (1 - share)
-        kept = min(max(round(target), 1), groups)
+        step = plan.head_round_to
+        allowed = _allowed_counts(step, groups)
+        kept = _nearest_count(target, step, groups)
         heads_per_group = attention.units_per_group["q_heads"]
         hidden = getattr(model_config, spec.config_keys.hidden_size)
-        valid = [
-            n for n in range(1, groups + 1) if not spec.hidden_divisible_by_heads or hidden % (n * heads_per_group) == 0
-        ]
+
+        def vanilla(n: int) -> bool:
+            return not spec.hidden_divisible_by_heads or hidden % (n * heads_per_group) == 0
+
+        valid = [n for n in allowed if vanilla(n)]
+        if step > 1 and kept != groups and valid == [groups]:
+            working = [h for h in range(1, groups) if any(vanilla(n) for n in range(h, groups, h))]
+            raise ValueError(
+                f"head_round_to={step} leaves no pruned head count that a vanilla {type(model_config).__name__} "
+                f"accepts with layout='uniform' (kept query heads would be multiples of {step * heads_per_group}, "
+                f"and hidden_size {hidden} must be a multiple of the query-head count): use "
+                + (f"head_round_to in {working} (KV-head groups), or " if working else "")
+                + "layout='per_layer'."
+            )
         nearest = min(valid, key=lambda n: (abs(n - target), -n))
-        # the MLP width absorbs a head count off by one group; attention alone must hit its target
-        if nearest == kept or ("mlp" in by_kind and abs(nearest - kept) <= 1):
+        # the MLP width absorbs a head count off by one step; attention alone must hit its target
+        if nearest == kept or ("mlp" in by_kind and abs(nearest - kept) <= step):
             kept = nearest
         else:
             plan.vanilla_config = False
@@ -188,9 +241,17 @@ def _plan_uniform(plan: PruningPlan, spec, model_config, group_sets: list[GroupS
     if "mlp" in by_kind:
         mlp = by_kind["mlp"]
         removed_channels = max(remove_per_layer, 0) / mlp.params_per_group
-        kept = mlp.num_groups - removed_channels
-        kept = round(kept / plan.round_to) * plan.round_to
-        plan.kept_groups["mlp"] = min(max(kept, plan.round_to), mlp.num_groups)
+        plan.kept_groups["mlp"] = _nearest_count(mlp.num_groups - removed_channels, plan.round_to, mlp.num_groups)
+
+
+def _allowed_counts(step: int, width: int) -> list[int]:
+    """Kept counts a layer may have: the multiples of `step` up to `width`, and `width` itself (nothing removed)."""
+    return sorted({*range(step, width + 1, step), width})
+
+
+def _nearest_count(target: float, step: int, width: int) -> int:
+    """The allowed count (`_allowed_counts`) nearest to `target`; a tie goes to `step * round(target / step)`."""
+    return min(_allowed_counts(step, width), key=lambda n: (abs(n - target), abs(n - step * round(target / step))))
 
 
 def select_groups(
@@ -230,14 +291,48 @@ def _select_per_layer(scores, group_sets: list[GroupSet], plan: PruningPlan) -> 
         removed_mask[flat] = True
         remaining[index] -= 1
         removed += cost
+    counts = _rounded_counts(group_sets, remaining, plan)
     kept = {}
     for i, group_set in enumerate(group_sets):
-        local_scores = scores[group_set.key]
         keep = ~removed_mask[offsets[i] : offsets[i + 1]]
-        if group_set.kind == "mlp" and plan.round_to > 1:
-            count = round(int(keep.sum()) / plan.round_to) * plan.round_to
-            count = min(max(count, plan.round_to), group_set.num_groups)
+        if counts[i] != remaining[i]:  # rounded: the layer keeps its `counts[i]` best groups
             keep = torch.zeros_like(keep)
-            keep[torch.topk(local_scores, count).indices] = True
+            keep[torch.topk(scores[group_set.key], counts[i]).indices] = True
         kept[group_set.key] = torch.nonzero(keep).flatten()
     return kept
+
+
+def _rounded_counts(group_sets: list[GroupSet], counts: list[int], plan: PruningPlan) -> list[int]:
+    """Round each set's kept count to a multiple of its kind's step (or its whole width), budget-aware.
+
+    Each count goes to the nearer of the allowed counts just below and just above it (ties keep more); then, while
+    it brings the removed parameters closer to `plan.remove_params`, the set whose switch to its other neighbour
+    helps most is switched (each set at most once), so that the per-layer rounding errors do not add up.
+    """
+    choices, rounded = [], []
+    for group_set, count in zip(group_sets, counts):
+        allowed = _allowed_counts(plan.step(group_set.kind), group_set.num_groups)
+        below = allowed[bisect.bisect_right(allowed, count) - 1]
+        above = allowed[bisect.bisect_left(allowed, count)]
+        choices.append((below, above))
+        rounded.append(below if count - below < above - count else above)
+    if rounded == list(counts):
+        return rounded
+
+    def error(values: list[int]) -> int:
+        removed = sum((gs.num_groups - n) * gs.params_per_group for gs, n in zip(group_sets, values))
+        return abs(removed - plan.remove_params)
+
+    switchable = {i for i, (below, above) in enumerate(choices) if below != above}
+    while switchable:
+        best, best_error = None, error(rounded)
+        for i in sorted(switchable):
+            trial = rounded.copy()
+            trial[i] = choices[i][0] if rounded[i] == choices[i][1] else choices[i][1]
+            if error(trial) < best_error:
+                best, best_error = i, error(trial)
+        if best is None:
+            break
+        rounded[best] = choices[best][0] if rounded[best] == choices[best][1] else choices[best][1]
+        switchable.discard(best)
+    return rounded

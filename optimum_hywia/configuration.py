@@ -46,7 +46,14 @@ class HyWIAConfig:
         num_calibration_samples: calibration windows used for gradients and fusion training.
         calibration_sequence_length: tokens per calibration window.
         calibration_batch_size: windows per forward/backward pass.
-        round_to: kept MLP widths are rounded to a multiple of this (GEMM-friendly shapes).
+        round_to: kept MLP widths are rounded to a multiple of this (GEMM-friendly shapes), in both layouts; a layer
+            may also keep its whole width. Must not exceed any pruned layer's MLP width.
+        head_round_to: kept KV-head groups per pruned layer are rounded to a multiple of this (or all of them), in
+            both layouts. A KV-head group is one KV head with its `num_attention_heads / num_key_value_heads` query
+            heads, so the kept query heads are a multiple of `head_round_to` times that (with MHA, KV groups are the
+            heads; with multi-query attention, each query head is a group). Must not exceed the number of groups;
+            with the `uniform` layout it must also leave a pruned head count the vanilla config accepts (Llama:
+            `hidden_size` divisible by the query-head count), otherwise a clear error lists the values that do.
         calibration_micro_batch_size: rows per forward/backward pass inside a calibration batch (`None`: the whole
             batch). Each micro-batch is checkpointed and recomputed during backward, so the statistics stay those of
             the whole batch while activations shrink; the batch gradient of the pruned weights is accumulated once.
@@ -71,6 +78,7 @@ class HyWIAConfig:
     calibration_sequence_length: int = 128
     calibration_batch_size: int = 8
     round_to: int = 1
+    head_round_to: int = 1
     calibration_micro_batch_size: int | None = None
     autocast_dtype: str | None = None
     gradient_checkpointing: bool = False
@@ -115,6 +123,7 @@ class HyWIAConfig:
             "calibration_sequence_length",
             "calibration_batch_size",
             "round_to",
+            "head_round_to",
         ):
             _check_number(name, getattr(self, name), int)
             if getattr(self, name) < 1:

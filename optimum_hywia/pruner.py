@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+import transformers
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging
 
 from .allocation import plan_pruning, select_groups
@@ -99,18 +100,25 @@ class HyWIAPruner:
         model_or_path: str | os.PathLike | PreTrainedModel,
         config: HyWIAConfig | None = None,
         tokenizer: Any = None,
+        model_class: str | type | None = None,
         **from_pretrained_kwargs: Any,
     ) -> HyWIAPruner:
         """A pruner for a Hub id, a local folder, or a model instance.
 
-        `from_pretrained_kwargs` go to `AutoModelForCausalLM.from_pretrained` (e.g. `gguf_file`, `dtype`, `revision`).
-        The tokenizer is loaded from the same place unless given.
+        The model is loaded with `model_class`: a transformers Auto class or model class, or its name in
+        `transformers` (e.g. `"AutoModelForMaskedLM"`, `transformers.BertModel`). By default it is the Auto class of
+        the family's mapping table (`ArchitectureSpec.auto_class`), read from the checkpoint's config:
+        `AutoModelForCausalLM` for decoders, `AutoModel` for encoders (BERT). `from_pretrained_kwargs` go to its
+        `from_pretrained` (e.g. `gguf_file`, `dtype`, `revision`, `trust_remote_code`). The tokenizer is loaded from
+        the same place unless given.
         """
         if isinstance(model_or_path, PreTrainedModel):
-            if from_pretrained_kwargs:
-                raise TypeError(f"from_pretrained kwargs {sorted(from_pretrained_kwargs)} need a model id or path.")
+            if from_pretrained_kwargs or model_class is not None:
+                given = sorted(from_pretrained_kwargs) + (["model_class"] if model_class is not None else [])
+                raise TypeError(f"from_pretrained arguments {given} need a model id or path, not a model instance.")
             return cls(model_or_path, config, tokenizer)
-        model = AutoModelForCausalLM.from_pretrained(model_or_path, **from_pretrained_kwargs)
+        loader = _model_loader(model_or_path, model_class, from_pretrained_kwargs)
+        model = loader.from_pretrained(model_or_path, **from_pretrained_kwargs)
         if tokenizer is None:
             tokenizer_kwargs = {k: from_pretrained_kwargs[k] for k in _TOKENIZER_KWARGS if k in from_pretrained_kwargs}
             tokenizer = AutoTokenizer.from_pretrained(model_or_path, **tokenizer_kwargs)
@@ -357,6 +365,22 @@ _TOKENIZER_KWARGS = (
     "subfolder",
     "trust_remote_code",
 )
+
+
+def _model_loader(model_or_path: str | os.PathLike, model_class: str | type | None, kwargs: dict[str, Any]) -> Any:
+    """The class whose `from_pretrained` loads `model_or_path`: `model_class`, or the family table's Auto class."""
+    if model_class is None:
+        config_kwargs = {k: kwargs[k] for k in _TOKENIZER_KWARGS if k in kwargs}
+        model_config = AutoConfig.from_pretrained(model_or_path, **config_kwargs)
+        model_class = get_architecture(model_config).auto_class
+    if isinstance(model_class, str):
+        name = model_class
+        model_class = getattr(transformers, name, None)
+        if model_class is None:
+            raise ValueError(f"model_class={name!r} is not a transformers class (e.g. 'AutoModel', 'BertModel').")
+    if not (isinstance(model_class, type) and callable(getattr(model_class, "from_pretrained", None))):
+        raise TypeError(f"model_class must be a transformers Auto or model class (or its name), got {model_class!r}.")
+    return model_class
 
 
 def _count_params(model: torch.nn.Module) -> int:

@@ -120,8 +120,10 @@ def pruned_structure(model: nn.Module, spec: ArchitectureSpec, widths: list[dict
             heads = getattr(layers[layer].get_submodule(spec.attention[0].path), ORIGINAL_HEADS_ATTRIBUTE, None)
             if heads is None:
                 heads = torch.arange(layer_widths_["num_attention_heads"])
-            alibi[f"{prefix}.{spec.alibi}"] = [int(h) for h in heads]
-    return {"hywia_module_attributes": attributes, "hywia_module_configs": configs, "hywia_alibi_heads": alibi}
+            alibi[f"{prefix}.{spec.alibi.path}"] = [int(h) for h in heads]
+    structure = {"hywia_module_attributes": attributes, "hywia_module_configs": configs, "hywia_alibi_heads": alibi}
+    structure["hywia_alibi_inputs"] = dict(spec.alibi.inputs) if spec.alibi else {}
+    return structure
 
 
 def vanilla_describable(
@@ -138,7 +140,7 @@ def vanilla_describable(
         b[k] != a[k] for b, a in zip(before, after) for k in ("num_attention_heads", "num_key_value_heads")
     )
     if heads_changed:
-        if keys.head_dim is None:
+        if keys.head_dim is None or spec.alibi is not None:  # ALiBi slopes follow the head count of the config
             return False
         hidden = getattr(widths_config, keys.hidden_size)
         if spec.hidden_divisible_by_heads and hidden % after[0]["num_attention_heads"]:

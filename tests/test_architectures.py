@@ -104,16 +104,36 @@ def test_conv1d_weights_are_sliced_along_their_transposed_axis():
     assert torch.equal(c_proj.weight, expected_proj)
 
 
-def test_falcon_variant_follows_its_config_and_alibi_is_refused():
+def test_falcon_variant_follows_its_config_and_alibi_is_declared():
     from types import SimpleNamespace
 
     base = dict(model_type="falcon", num_attention_heads=8, num_kv_heads=2, hidden_size=64)
     grouped = get_architecture(SimpleNamespace(**base, new_decoder_architecture=True, multi_query=False))
-    assert grouped.attention[0].layout == "per_group" and not grouped.shared_kv
+    assert grouped.attention[0].layout == "per_group" and not grouped.shared_kv and grouped.alibi is None
     multi_query = get_architecture(SimpleNamespace(**base, new_decoder_architecture=False, multi_query=True))
     assert multi_query.attention[0].layout == "concat" and multi_query.shared_kv
-    with pytest.raises(ValueError, match="alibi=True"):
-        get_architecture(SimpleNamespace(**base, alibi=True))
+    rw = get_architecture(SimpleNamespace(**base, new_decoder_architecture=False, multi_query=False, alibi=True))
+    assert rw.attention[0].layout == "per_group" and not rw.shared_kv and rw.config_keys.num_kv_heads is None
+    assert rw.alibi.path == "self_attention"
+    assert dict(rw.alibi.inputs) == {"alibi": "batch_heads", "attention_mask": "heads"}
+    assert get_architecture(SimpleNamespace(**base, multi_query=True, alibi=True)).shared_kv
+
+
+def test_baichuan_variant_is_alibi_when_the_config_has_no_max_position_embeddings():
+    from types import SimpleNamespace
+
+    base = dict(model_type="baichuan", num_attention_heads=40, hidden_size=5120)
+    rotary = get_architecture(SimpleNamespace(**base, max_position_embeddings=4096))  # Baichuan-7B
+    assert rotary.alibi is None and rotary.remote_code
+    assert get_architecture(SimpleNamespace(**base, max_position_embeddings=4096, model_max_length=4096)).alibi is None
+    alibi = get_architecture(SimpleNamespace(**base, model_max_length=4096))  # Baichuan-13B, Baichuan2-13B
+    assert alibi.alibi.path == "self_attn" and dict(alibi.alibi.inputs) == {"attention_mask": "heads"}
+    assert alibi.attention == rotary.attention and alibi.remote_code
+
+
+def test_auto_class_is_declared_per_family():
+    assert get_architecture("bert").auto_class == "AutoModel"
+    assert all(spec.auto_class == "AutoModelForCausalLM" for t, spec in ARCHITECTURES.items() if t != "bert")
 
 
 def test_every_table_declares_a_fused_layout_its_docs_row_shows():

@@ -189,13 +189,24 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_and_a_changed_run_is_refused(wo
         "--steps", "100000", "--sequence-length", "16", "--batch-size", "2", "--save-steps", "1", "--quiet",
     ]  # fmt: skip
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    process = subprocess.Popen([str(BIN / "hywia"), *args], stderr=subprocess.PIPE, text=True, env=env)
+    # A shell starts background jobs with SIGINT ignored, and a child inherits that: restore the terminal default so
+    # the test behaves the same whether pytest runs in the foreground or not.
+    process = subprocess.Popen(
+        [str(BIN / "hywia"), *args],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     state = tmp_path / "out.recovery" / "checkpoint" / "trainer_state.json"
     deadline = time.monotonic() + 300
     while not state.is_file() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()  # never leave a 100000-step training behind
     assert process.returncode == 130 and "hywia recover: interrupted" in stderr and "Traceback" not in stderr
     step = json.loads(state.read_text())["step"]
     assert step >= 1

@@ -42,6 +42,8 @@ def test_round_trip_through_hywia_config_json(tmp_path):
         (dict(num_calibration_samples=0), "num_calibration_samples must be >= 1"),
         (dict(calibration_batch_size=2.5), "calibration_batch_size must be an integer"),
         (dict(round_to=0), "round_to must be >= 1"),
+        (dict(head_round_to=0), "head_round_to must be >= 1"),
+        (dict(head_round_to=2.0), "head_round_to must be an integer"),
         (dict(fusion_steps=-1), "fusion_steps must be >= 0"),
         (dict(fusion_learning_rate=0), "fusion_learning_rate must be > 0"),
         (dict(fusion_temperature=(1.0,)), "fusion_temperature must be two positive numbers"),

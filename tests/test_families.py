@@ -66,6 +66,18 @@ FAMILIES = {
         "FalconConfig",
         dict(num_attention_heads=8, multi_query=False, parallel_attn=False, bias=True, ffn_hidden_size=96),
     ),
+    # Falcon-RW: ALiBi instead of rotary; kept heads keep their original slopes
+    "falcon-rw": (
+        "FalconForCausalLM",
+        "FalconConfig",
+        dict(num_attention_heads=8, multi_query=False, parallel_attn=False, bias=True, alibi=True, ffn_hidden_size=96),
+    ),
+    # ALiBi with the Falcon-7B multi-query layout (query heads pruned one by one around the shared KV head)
+    "falcon-alibi-mqa": (
+        "FalconForCausalLM",
+        "FalconConfig",
+        dict(num_attention_heads=8, multi_query=True, parallel_attn=True, alibi=True, ffn_hidden_size=96),
+    ),
     "gpt2": ("GPT2LMHeadModel", "GPT2Config", dict(n_head=8, n_inner=96, n_positions=256)),
     "bloom": ("BloomForCausalLM", "BloomConfig", dict(n_head=8)),
 }
@@ -173,54 +185,110 @@ def test_family_prunes_exactly_saves_and_reloads(family, tmp_path):
         assert reloaded["class"].startswith("HyWIA") == remote
 
 
-def save_baichuan_checkpoint(folder) -> None:
-    """A tiny Baichuan checkpoint as the Hub has them: config + weights + its own modeling files (auto_map)."""
-    from baichuan_test_model.configuration_baichuan import BaichuanConfig
-    from baichuan_test_model.modeling_baichuan import BaichuanForCausalLM
+def test_falcon_alibi_eager_attention_reads_the_kept_slopes_from_its_alibi_argument(tmp_path):
+    """SDPA reads Falcon's ALiBi from the 4-d attention mask; eager attention also adds the `alibi` argument."""
+    base = make_family_model("falcon-rw")
+    base.config._attn_implementation = "eager"
+    inputs = torch.randint(3, VOCAB, (2, 20), generator=torch.Generator().manual_seed(5))
+    pruner = HyWIAPruner(copy.deepcopy(base), tiny_config(pruning_ratio=0.5, layout="per_layer", importance="l2"))
+    pruned = pruner.prune(show_progress=False)
+    assert min(len(pruner.report.kept_groups[f"{layer}.attention"]) for layer in range(LAYERS)) < 8
+    with torch.no_grad():
+        logits = pruned(inputs).logits
+    torch.testing.assert_close(logits, masked_logits(base, pruner, inputs), rtol=1e-4, atol=1e-4)
+    folder = pruner.save_pretrained(tmp_path / "falcon-rw-eager")
+    reloaded = load_pruned_model(folder, attn_implementation="eager").eval()
+    assert reloaded.config._attn_implementation == "eager"
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(inputs).logits, logits, rtol=0, atol=1e-5)
 
-    config = BaichuanConfig(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        intermediate_size=96,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=8,
-        max_position_embeddings=256,
-    )
+
+def save_baichuan_checkpoint(folder, alibi: bool = False) -> None:
+    """A tiny Baichuan checkpoint as the Hub has them: config + weights + its own modeling files (auto_map).
+
+    `alibi=False`: Baichuan-7B (rotary, `max_position_embeddings`); `alibi=True`: Baichuan-13B (ALiBi,
+    `model_max_length`), with 10 heads so that the slopes take `_get_interleave`'s non-power-of-2 branch like the
+    real model's 40 heads.
+    """
+    if alibi:
+        from baichuan13b_test_model.configuration_baichuan import BaichuanConfig
+        from baichuan13b_test_model.modeling_baichuan import BaichuanForCausalLM
+
+        sizes = dict(hidden_size=80, num_attention_heads=10, model_max_length=64)
+    else:
+        from baichuan_test_model.configuration_baichuan import BaichuanConfig
+        from baichuan_test_model.modeling_baichuan import BaichuanForCausalLM
+
+        sizes = dict(hidden_size=HIDDEN, num_attention_heads=8, max_position_embeddings=256)
+    config = BaichuanConfig(vocab_size=VOCAB, intermediate_size=96, num_hidden_layers=LAYERS, **sizes)
     torch.manual_seed(0)
     model = BaichuanForCausalLM(config)
+    if alibi:
+        with torch.no_grad():  # spread the logits so that the rankings are not ties
+            for param in model.parameters():
+                if param.ndim == 2:
+                    param.mul_(3.0)
     BaichuanConfig.register_for_auto_class()
     BaichuanForCausalLM.register_for_auto_class("AutoModelForCausalLM")
     model.save_pretrained(folder)
 
 
-def test_baichuan_remote_code_prunes_exactly_and_reloads_with_its_own_code(tmp_path):
-    save_baichuan_checkpoint(tmp_path / "baichuan")
-    assert (tmp_path / "baichuan" / "modeling_baichuan.py").exists()
-    base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "baichuan", trust_remote_code=True).eval()
+BAICHUAN_VARIANTS = {
+    # Baichuan-7B: rotary; one layout per ratio
+    "7b-rotary": (False, (("uniform", 0.2), ("per_layer", 0.5))),
+    # Baichuan-13B / Baichuan2-13B: ALiBi; both layouts at both ratios
+    "13b-alibi": (True, tuple((layout, ratio) for layout in LAYOUTS for ratio in RATIOS)),
+}
+
+
+@pytest.mark.parametrize("variant", list(BAICHUAN_VARIANTS))
+def test_baichuan_remote_code_prunes_exactly_and_reloads_with_its_own_code(variant, tmp_path):
+    alibi, runs = BAICHUAN_VARIANTS[variant]
+    save_baichuan_checkpoint(tmp_path / f"baichuan-{variant}", alibi=alibi)
+    assert (tmp_path / f"baichuan-{variant}" / "modeling_baichuan.py").exists()
+    base = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path / f"baichuan-{variant}", trust_remote_code=True
+    ).eval()
     assert type(base).__name__ == "BaichuanForCausalLM" and base.config.model_type == "baichuan"
+    spec = get_architecture(base.config)
+    assert (spec.alibi is not None) == alibi  # the variant is read from the config (no max_position_embeddings)
     calibration = torch.randint(3, VOCAB, (8, 24), generator=torch.Generator().manual_seed(1))
     inputs = torch.randint(3, VOCAB, (2, 20), generator=torch.Generator().manual_seed(5))
-    saved = []
-    for layout, ratio in (("uniform", 0.2), ("per_layer", 0.5)):
+    padding = torch.ones_like(inputs)
+    padding[1, :4] = 0  # left padding: Baichuan2-13B combines it with the ALiBi mask into [batch, heads, q, k]
+    saved, kept_heads = [], []
+    for layout, ratio in runs:
         model = copy.deepcopy(base)
         pruner = HyWIAPruner(model, tiny_config(pruning_ratio=ratio, layout=layout))
         pruned = pruner.prune(calibration, show_progress=False)
         assert pruner.report.vanilla_config is False  # Baichuan derives head_dim from hidden_size // heads
+        assert abs(pruner.report.achieved_ratio - ratio) < 0.12, (layout, ratio, pruner.report.achieved_ratio)
+        kept_heads += [len(pruner.report.kept_groups[f"{layer}.attention"]) for layer in range(LAYERS)]
         with torch.no_grad():
             logits = pruned(inputs).logits
         torch.testing.assert_close(logits, masked_logits(base, pruner, inputs), rtol=1e-4, atol=1e-4)
+        if alibi:
+            with torch.no_grad():
+                padded = pruned(inputs, attention_mask=padding).logits[1, 4:]
+                with_masks = _masked_logits_with(base, pruner, inputs, attention_mask=padding)[1, 4:]
+            torch.testing.assert_close(padded, with_masks, rtol=1e-4, atol=1e-4)
         cached = pruned.generate(inputs[:1, :6], max_new_tokens=4, min_new_tokens=4, do_sample=False)
         uncached = pruned.generate(inputs[:1, :6], max_new_tokens=4, min_new_tokens=4, do_sample=False, use_cache=False)
         assert torch.equal(cached, uncached)
-        folder = pruner.save_pretrained(tmp_path / layout)
+        folder = pruner.save_pretrained(tmp_path / f"{variant}-{layout}-{ratio}")
         files = {path.name for path in folder.iterdir()}
         assert {"modeling_baichuan.py", "configuration_baichuan.py", "modeling_hywia.py"} <= files
         config = json.loads((folder / "config.json").read_text())
         assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_hywia.HyWIABaichuanForCausalLM"
         assert config["auto_map"]["AutoConfig"] == "configuration_baichuan.BaichuanConfig"
+        if alibi:
+            assert config["hywia_alibi_inputs"] == {"attention_mask": "heads"}
+            assert config["hywia_alibi_total_heads"] == base.config.num_attention_heads
+            assert "max_position_embeddings" not in config and config["model_max_length"] == 64
         with torch.no_grad():
             expected = pruned(torch.arange(3, 23)[None]).logits[0, -3:]
         saved.append((str(folder), True, expected))
+    assert min(kept_heads) < base.config.num_attention_heads  # heads were removed: the slopes were put to the test
 
     output = run_python(RELOAD_SCRIPT.replace("sys.argv[1]", repr(json.dumps([(f, r) for f, r, _ in saved]))))
     result = json.loads(output.strip().splitlines()[-1])
@@ -230,6 +298,17 @@ def test_baichuan_remote_code_prunes_exactly_and_reloads_with_its_own_code(tmp_p
         torch.testing.assert_close(torch.tensor(reloaded["logits"]), expected, rtol=0, atol=1e-5)
         assert reloaded["generated"] == 10
         assert reloaded["class"] == "HyWIABaichuanForCausalLM"
+
+
+def _masked_logits_with(reference, pruner, inputs, **kwargs) -> torch.Tensor:
+    """`conftest.masked_logits` with extra keyword arguments for the model (e.g. a padding mask)."""
+    sets = build_group_sets(reference, pruner.spec, range(LAYERS), ("attention", "mlp"))
+    masks = {}
+    for group_set in sets:
+        masks[group_set.key] = torch.zeros(group_set.num_groups)
+        masks[group_set.key][pruner.report.kept_groups[f"{group_set.layer}.{group_set.kind}"]] = 1.0
+    with torch.no_grad(), group_masks(sets, masks):
+        return reference(inputs, **kwargs).logits
 
 
 ENCODER_RELOAD_SCRIPT = """
@@ -285,6 +364,68 @@ def test_bert_encoder_prunes_exactly_saves_and_reloads(tmp_path):
         reloaded = result["results"][folder]
         torch.testing.assert_close(torch.tensor(reloaded["hidden"]), expected, rtol=0, atol=1e-5)
         assert reloaded["class"] == ("HyWIABertModel" if remote else "BertModel")
+
+
+def _save_tiny_bert(folder) -> None:
+    """A tiny BERT encoder checkpoint with its WordPiece tokenizer, as a sentence-encoder repository has them."""
+    folder.mkdir(parents=True)
+    words = ["the", "a", "cat", "dog", "sat", "on", "mat", "ran", "fast", "and", "slow", "big", "small", "red"]
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    (folder / "vocab.txt").write_text("\n".join(tokens + [f"w{i}" for i in range(VOCAB - len(tokens))]) + "\n")
+    transformers.BertTokenizer(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    config = transformers.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=8,
+        intermediate_size=96,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    transformers.BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+
+
+def test_from_pretrained_loads_an_encoder_with_the_auto_class_of_its_table(tmp_path):
+    _save_tiny_bert(tmp_path / "bert")
+    texts = ["the cat sat on the mat and the dog ran fast", "a big red dog and a small cat sat on a mat"] * 8
+    config = tiny_config(pruning_ratio=0.5, layout="per_layer", calibration_sequence_length=12)
+    pruner = HyWIAPruner.from_pretrained(tmp_path / "bert", config=config)
+    assert type(pruner.model) is transformers.BertModel  # AutoModel, not AutoModelForCausalLM's BertLMHeadModel
+    assert isinstance(pruner.tokenizer, transformers.PreTrainedTokenizerBase)
+    dense = copy.deepcopy(pruner.model)
+    pruned = pruner.prune(texts, show_progress=False)
+    assert type(pruned) is transformers.BertModel and not pruned.can_generate()
+    assert pruner.report.params_after < pruner.report.params_before and len(pruner.report.fusion_losses) == 2
+    inputs = pruner.tokenizer(texts[:2], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = pruned(**inputs).last_hidden_state
+    assert hidden.shape == dense(**inputs).last_hidden_state.shape
+    folder = pruner.save_pretrained(tmp_path / "bert-hywia")
+    reloaded = load_pruned_model(folder).eval()
+    assert type(reloaded).__name__ == "HyWIABertModel"
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).last_hidden_state, hidden, rtol=0, atol=1e-5)
+
+
+def test_from_pretrained_takes_an_explicit_model_class(tmp_path):
+    _save_tiny_bert(tmp_path / "bert")
+    masked_lm = HyWIAPruner.from_pretrained(tmp_path / "bert", model_class="AutoModelForMaskedLM")
+    assert type(masked_lm.model) is transformers.BertForMaskedLM and masked_lm.spec.name == "BERT"
+    direct = HyWIAPruner.from_pretrained(tmp_path / "bert", model_class=transformers.BertModel)
+    assert type(direct.model) is transformers.BertModel
+    with pytest.raises(ValueError, match="AutoModelForMaskedLMM"):
+        HyWIAPruner.from_pretrained(tmp_path / "bert", model_class="AutoModelForMaskedLMM")
+    with pytest.raises(TypeError, match="model_class"):
+        HyWIAPruner.from_pretrained(direct.model, model_class="AutoModel")
+    # an MLP-only pruned BERT is a vanilla checkpoint: load_pruned_model loads it with AutoModel too
+    mlp_only = HyWIAPruner.from_pretrained(tmp_path / "bert", config=tiny_config(importance="l2", group_kinds="mlp"))
+    mlp_only.prune(show_progress=False)
+    assert mlp_only.report.vanilla_config
+    assert type(load_pruned_model(mlp_only.save_pretrained(tmp_path / "bert-mlp"))) is transformers.BertModel
+    # decoders still load with AutoModelForCausalLM by default
+    make_family_model("llama").save_pretrained(tmp_path / "llama")
+    masked_lm.tokenizer.save_pretrained(tmp_path / "llama")
+    assert type(HyWIAPruner.from_pretrained(tmp_path / "llama").model) is transformers.LlamaForCausalLM
 
 
 MINILM_PIPELINE_SCRIPT = """

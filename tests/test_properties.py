@@ -42,7 +42,7 @@ def _families() -> list[str]:
 FAMILIES = _families()
 # a fixed budget shared by the families, so that adding families does not grow CI time without bound
 EXAMPLES_PER_FAMILY = max(3, 30 // max(len(FAMILIES), 1))
-FEASIBILITY_ERRORS = ("cannot be met", "can give at most", "is larger than layer")
+FEASIBILITY_ERRORS = ("cannot be met", "can give at most", "is larger than layer", "leaves no pruned head count")
 
 calibration_batch = torch.randint(3, VOCAB, (4, 16), generator=torch.Generator().manual_seed(11))
 probe_inputs = torch.randint(3, VOCAB, (2, 12), generator=torch.Generator().manual_seed(12))
@@ -66,6 +66,7 @@ def pruning_cases(draw) -> dict:
         layout=draw(st.sampled_from(["uniform", "per_layer"])),
         group_kinds=draw(st.sampled_from([("attention", "mlp"), ("mlp",), ("attention",)])),
         round_to=draw(st.sampled_from([1, 1, 2, 4])),
+        head_round_to=draw(st.sampled_from([1, 1, 1, 2])),
         importance=draw(st.sampled_from(["l2", "random", "element1", "hywia"])),
         seed=draw(st.integers(0, 3)),
     )

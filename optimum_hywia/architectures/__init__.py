@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from .baichuan import BAICHUAN
-from .base import ArchitectureSpec, ConfigKeys, Projection
+from .base import Alibi, ArchitectureSpec, ConfigKeys, Projection, Variant
 from .bert import BERT
 from .bloom import BLOOM
 from .falcon import FALCON
@@ -67,21 +68,40 @@ def architectures_markdown() -> str:
         attention = ", ".join(f"`{p.path}` ({p.dim})" for p in spec.attention)
         mlp = ", ".join(f"`{p.path}` ({p.dim})" for p in spec.mlp)
         fused = ", ".join(spec.fused) or "-"
-        if spec.variant is not None:
+        if any("attention" in variant.changes for variant in spec.variants):
             fused += " (layout chosen from the config)"
         lines.append(
             f"| `{model_type}` | {spec.name} | `{spec.layers}` | {attention} | {mlp} | {fused} | {_loads_with(spec)} "
             f"| {spec.notes or '-'} |"
         )
+    lines += [
+        "",
+        "Config-dependent variants (applied in order; every one whose condition holds):",
+        "",
+        "| model_type | when | attention group (dim) | fused layout | ALiBi: module, inputs (head layout) |",
+        "|---|---|---|---|---|",
+    ]
+    for model_type, spec in sorted(ARCHITECTURES.items()):
+        for variant in spec.variants:
+            changed = replace(spec, **variant.changes)
+            attention = ", ".join(f"`{p.path}` ({p.dim})" for p in changed.attention)
+            fused = ", ".join(changed.fused) or "-"
+            alibi = "-"
+            if changed.alibi is not None:
+                inputs = ", ".join(f"`{name}` ({layout})" for name, layout in changed.alibi.inputs)
+                alibi = f"`{changed.alibi.path}`: {inputs}"
+            lines.append(f"| `{model_type}` | {variant.when} | {attention} | {fused} | {alibi} |")
     return "\n".join(lines) + "\n"
 
 
 __all__ = [
+    "Alibi",
     "architectures_markdown",
     "ARCHITECTURES",
     "ArchitectureSpec",
     "ConfigKeys",
     "Projection",
     "UnsupportedArchitectureError",
+    "Variant",
     "get_architecture",
 ]

@@ -10,6 +10,8 @@ UnitSpace = Literal["q_heads", "kv_heads", "channels"]
 Layout = Literal["concat", "per_group"]
 # per-layer quantities a module attribute or a per-layer config key can hold (see `ArchitectureSpec.module_attributes`)
 Quantity = Literal["num_heads", "num_kv_heads", "heads_per_kv", "attention_width", "kv_width", "intermediate_size"]
+# how a tensor passed to an attention module carries one slice per head (see `Alibi`)
+HeadLayout = Literal["batch_heads", "heads"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,41 @@ class Projection:
     @property
     def segments(self) -> tuple[UnitSpace, ...]:
         return self.units if isinstance(self.units, tuple) else (self.units,)
+
+
+@dataclass(frozen=True)
+class Alibi:
+    """Where a family's attention receives per-head ALiBi tensors built by the model for its original head count.
+
+    Args:
+        path: the attention module, relative to a decoder layer, e.g. `"self_attention"`.
+        inputs: (keyword argument, layout) of every tensor the model passes to that module with one slice per head.
+            `"batch_heads"`: heads folded into the batch axis, `[batch * heads, ...]`, or next to it in a 4-d
+            `[batch, heads, query, key]` (BLOOM's and Falcon's `alibi`);
+            `"heads"`: heads on the third axis from the end, `[..., heads, query, key]` (Baichuan-13B's
+            `attention_mask`, which is the ALiBi bias plus the causal mask; Falcon's 4-d mask with ALiBi folded in).
+
+    The pruned model still builds the tensors for the original head count (the config keeps it); the modeling
+    override hands each attention the slices of its kept heads, so every head keeps the slope of its original index.
+    """
+
+    path: str
+    inputs: tuple[tuple[str, HeadLayout], ...] = (("alibi", "batch_heads"),)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A config-dependent change to a family's table (Falcon's fused-QKV layouts, ALiBi checkpoints).
+
+    Args:
+        when: the condition, for docs/architectures.md, e.g. "`alibi=True` (Falcon-RW)".
+        applies: the same condition as a test on the model config.
+        changes: `ArchitectureSpec` fields replaced when it applies. Every applying variant is applied, in order.
+    """
+
+    when: str
+    applies: Callable[[Any], bool] = field(compare=False, repr=False)
+    changes: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -81,10 +118,12 @@ class ArchitectureSpec:
             attribute, quantity); the engine updates them after pruning and the modeling override at load.
         layer_config: modules whose forward reads widths from `self.config`, as (path relative to the layer,
             config key, quantity); each such module gets its own config copy with its layer's widths.
-        alibi: path (relative to the layer) of the attention module that receives the model's ALiBi bias: pruned
-            heads keep the slope of their original index.
+        alibi: the attention module that receives the model's ALiBi bias and how (`Alibi`): pruned heads keep the
+            slope of their original index.
         remote_code: the family is not in transformers; checkpoints bring their own modeling file.
-        variant: picks a more specific table from the model config (e.g. Falcon's three fused-QKV layouts).
+        auto_class: the transformers Auto class that loads the family's checkpoints (`HyWIAPruner.from_pretrained`):
+            `"AutoModelForCausalLM"` for decoders, `"AutoModel"` for encoders.
+        variants: config-dependent changes to this table (`Variant`), applied in order by `for_config`.
         notes: per-family quirks, for docs/architectures.md.
     """
 
@@ -100,9 +139,10 @@ class ArchitectureSpec:
     shared_kv: bool = False
     module_attributes: tuple[tuple[str, str, Quantity], ...] = ()
     layer_config: tuple[tuple[str, str, Quantity], ...] = ()
-    alibi: str | None = None
+    alibi: Alibi | None = None
     remote_code: bool = False
-    variant: Callable[[Any], ArchitectureSpec] | None = field(default=None, compare=False, repr=False)
+    auto_class: str = "AutoModelForCausalLM"
+    variants: tuple[Variant, ...] = field(default=(), compare=False, repr=False)
     notes: str = ""
 
     def projections(self, kind: str) -> tuple[Projection, ...]:
@@ -114,7 +154,12 @@ class ArchitectureSpec:
 
     def for_config(self, config: Any) -> ArchitectureSpec:
         """The table for one model: the config-dependent variant, multi-query attention detected."""
-        spec = self.variant(config) if self.variant else self
+        spec = self
+        if self.variants:
+            for variant in self.variants:
+                if variant.applies(config):
+                    spec = replace(spec, **variant.changes)
+            spec = replace(spec, variants=())
         widths = spec.widths_config(config)
         keys = spec.config_keys
         if not spec.shared_kv and keys.num_kv_heads:

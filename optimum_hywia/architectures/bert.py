@@ -22,5 +22,6 @@ BERT = ArchitectureSpec(
         ("attention.self", "num_attention_heads", "num_heads"),
         ("attention.self", "all_head_size", "attention_width"),
     ),
+    auto_class="AutoModel",
     notes="encoder: calibrated with a masked self-distillation loss; head size = hidden // heads in the config",
 )

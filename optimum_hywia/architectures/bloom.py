@@ -5,7 +5,7 @@ The ALiBi slope of a head depends on the head count and on the head's index, and
 kept head's original slope (`hywia_alibi_heads`) and the per-layer widths.
 """
 
-from .base import ArchitectureSpec, ConfigKeys, Projection
+from .base import Alibi, ArchitectureSpec, ConfigKeys, Projection
 
 BLOOM = ArchitectureSpec(
     name="BLOOM",
@@ -25,6 +25,6 @@ BLOOM = ArchitectureSpec(
     hidden_divisible_by_heads=False,
     vanilla_loadable=False,
     module_attributes=(("self_attention", "num_heads", "num_heads"),),
-    alibi="self_attention",
+    alibi=Alibi("self_attention", (("alibi", "batch_heads"),)),
     notes="ALiBi slopes kept per original head; MLP width hard-coded 4*hidden: always the override",
 )

@@ -1,13 +1,17 @@
-"""Falcon: fused `query_key_value` in three layouts chosen by the config.
+"""Falcon: fused `query_key_value` in three layouts chosen by the config, rotary or ALiBi positions.
 
 - `new_decoder_architecture` (Falcon-40B/180B, GQA): per KV group [q_per_kv query heads, k, v] x head_dim;
 - `multi_query` (Falcon-7B): [all query heads | k | v], one KV head shared by every query head;
-- neither (multi-head): per head [q, k, v] x head_dim.
+- neither (multi-head, Falcon-RW): per head [q, k, v] x head_dim.
+
+`alibi=True` (Falcon-RW-1B/7B): the model builds the ALiBi bias for `config.num_attention_heads` heads and passes it
+to every attention twice, as `alibi` ([batch * heads, 1, key]) and folded into the 4-d `attention_mask`
+([batch, heads, query, key]); a pruned attention receives the slices of its kept heads (original slopes).
 """
 
 from dataclasses import replace
 
-from .base import ArchitectureSpec, ConfigKeys, Projection
+from .base import Alibi, ArchitectureSpec, ConfigKeys, Projection, Variant
 
 _QKV = ("q_heads", "kv_heads", "kv_heads")
 
@@ -29,30 +33,40 @@ FALCON_GROUPED = ArchitectureSpec(
         ("self_attention", "num_heads", "num_heads"),
         ("self_attention", "num_kv_heads", "num_kv_heads"),
     ),
-    notes="fused QKV layout from new_decoder_architecture / multi_query; ALiBi variants (Falcon-RW) unsupported",
+    notes="fused QKV layout from new_decoder_architecture / multi_query; ALiBi (Falcon-RW): slopes kept per "
+    "original head",
 )
 
-FALCON_MULTI_QUERY = replace(
+FALCON_ALIBI = Alibi("self_attention", (("alibi", "batch_heads"), ("attention_mask", "heads")))
+
+FALCON = replace(
     FALCON_GROUPED,
-    attention=(
-        Projection("self_attention.query_key_value", "out", _QKV),
-        Projection("self_attention.dense", "in", "q_heads"),
+    variants=(
+        Variant(
+            "`multi_query=True`, `new_decoder_architecture=False` (Falcon-7B): one KV head shared by every query head",
+            lambda config: (
+                getattr(config, "multi_query", False) and not getattr(config, "new_decoder_architecture", False)
+            ),
+            dict(
+                attention=(
+                    Projection("self_attention.query_key_value", "out", _QKV),
+                    Projection("self_attention.dense", "in", "q_heads"),
+                ),
+                config_keys=replace(FALCON_GROUPED.config_keys, num_kv_heads=None),
+                shared_kv=True,
+            ),
+        ),
+        Variant(
+            "neither `multi_query` nor `new_decoder_architecture` (multi-head, Falcon-RW)",
+            lambda config: (
+                not getattr(config, "multi_query", False) and not getattr(config, "new_decoder_architecture", False)
+            ),
+            dict(config_keys=replace(FALCON_GROUPED.config_keys, num_kv_heads=None)),
+        ),
+        Variant(
+            "`alibi=True` (Falcon-RW): ALiBi bias in `alibi` and in the 4-d `attention_mask`",
+            lambda config: bool(getattr(config, "alibi", False)),
+            dict(alibi=FALCON_ALIBI),
+        ),
     ),
-    config_keys=replace(FALCON_GROUPED.config_keys, num_kv_heads=None),
-    shared_kv=True,
 )
-FALCON_MULTI_HEAD = replace(FALCON_GROUPED, config_keys=replace(FALCON_GROUPED.config_keys, num_kv_heads=None))
-
-
-def _falcon_variant(config) -> ArchitectureSpec:
-    if getattr(config, "alibi", False):
-        raise ValueError(
-            "Falcon checkpoints with alibi=True (Falcon-RW) are not supported: their ALiBi bias is folded into the "
-            "attention mask per head count. Use a rotary Falcon (alibi=False)."
-        )
-    if getattr(config, "new_decoder_architecture", False):
-        return FALCON_GROUPED
-    return FALCON_MULTI_QUERY if getattr(config, "multi_query", False) else FALCON_MULTI_HEAD
-
-
-FALCON = replace(FALCON_GROUPED, variant=_falcon_variant)

@@ -139,6 +139,9 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-size", type=positive_int, help="calibration windows per pass (default: 8)")
     group.add_argument("--fusion-steps", type=int, help="fusion training steps (default: 16)")
     group.add_argument("--round-to", type=positive_int, help="round kept MLP widths to a multiple of this")
+    group.add_argument(
+        "--head-round-to", type=positive_int, help="round kept KV-head groups (so query heads) to a multiple of this"
+    )
     group.add_argument("--seed", type=int, help="seed of sampling, fusion and the random baseline (default: 0)")
     _data(parser, "--calibration-data", "lambada", "calibration data")
     group = parser.add_argument_group("after pruning")

@@ -88,6 +88,7 @@ def _hywia_config(args: argparse.Namespace, config_class: Any) -> Any:
         "calibration_batch_size": args.batch_size,
         "fusion_steps": args.fusion_steps,
         "round_to": args.round_to,
+        "head_round_to": args.head_round_to,
         "seed": args.seed,
     }
     values.update({key: value for key, value in flags.items() if value is not None})

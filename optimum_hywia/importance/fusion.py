@@ -43,11 +43,12 @@ def _rank_correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([ranks_a, ranks_b]))[0, 1].nan_to_num(1.0))
 
 
-def slot_features(fine: torch.Tensor, coarse: torch.Tensor, depth: float, kind: str) -> torch.Tensor:
-    """Features `phi` of the two estimates of one slot: shape `[2, NUM_FEATURES]`."""
-    correlation = _rank_correlation(fine, coarse)
+def slot_features(estimates: list[torch.Tensor], depth: float, kind: str) -> torch.Tensor:
+    """Features `phi` of the estimates of one slot: shape `[len(estimates), NUM_FEATURES]`."""
     rows = []
-    for estimate in (fine, coarse):
+    for i, estimate in enumerate(estimates):
+        others = [_rank_correlation(estimate, other) for j, other in enumerate(estimates) if j != i]
+        correlation = sum(others) / max(len(others), 1)
         log_scores = relative(estimate).clamp_min(EPS).log()
         std = log_scores.std() if len(log_scores) > 1 else torch.tensor(0.0)
         centred = log_scores - log_scores.mean()
@@ -102,17 +103,23 @@ class HybridFusion:
         hidden_size: int = 8,
         seed: int = 0,
         fixed_alpha: float | None = None,
+        extra: list[dict[Key, torch.Tensor]] | None = None,
+        blend: str = "arithmetic",
+        straight_through: bool = False,
     ):
         self.group_sets = group_sets
         self.fixed_alpha = fixed_alpha
         self.plan = plan
-        self.relative = [torch.stack([relative(fine[gs.key]), relative(coarse[gs.key])]).float() for gs in group_sets]
+        self.blend = blend
+        self.straight_through = straight_through
+        estimates = [fine, coarse, *(extra or [])]
+        self.relative = [torch.stack([relative(e[gs.key]) for e in estimates]).float() for gs in group_sets]
         # slot level: fine-grained importance per parameter, scaled to mean 1 (only ratios between slots matter)
         level = torch.tensor([float(fine[gs.key].sum()) / (gs.num_groups * gs.params_per_group) for gs in group_sets])
         self.level = (level / level.mean().clamp_min(EPS)).tolist()
         features = torch.stack(
             [
-                slot_features(fine[gs.key], coarse[gs.key], gs.layer / max(num_layers - 1, 1), gs.kind)
+                slot_features([e[gs.key] for e in estimates], gs.layer / max(num_layers - 1, 1), gs.kind)
                 for gs in group_sets
             ]
         )
@@ -121,7 +128,9 @@ class HybridFusion:
     def alpha(self) -> torch.Tensor:
         """Blend weights `[num_slots, 2]` (fine, coarse): learned by attention, or the fixed ablation blend."""
         if self.fixed_alpha is not None:
-            return torch.tensor([self.fixed_alpha, 1 - self.fixed_alpha]).expand(len(self.group_sets), 2)
+            fixed = torch.zeros(self.relative[0].shape[0])
+            fixed[0], fixed[1] = self.fixed_alpha, 1 - self.fixed_alpha
+            return fixed.expand(len(self.group_sets), -1)
         return self.module()
 
     def scores(self) -> dict[Key, torch.Tensor]:
@@ -129,7 +138,11 @@ class HybridFusion:
         alpha = self.alpha()
         fused = {}
         for i, group_set in enumerate(self.group_sets):
-            blend = alpha[i] @ self.relative[i]
+            if self.blend == "geometric":
+                blend = (alpha[i] @ self.relative[i].clamp_min(EPS).log()).exp()
+                blend = blend / blend.mean()
+            else:
+                blend = alpha[i] @ self.relative[i]
             fused[group_set.key] = blend * self.level[i] if self.plan.layout == "per_layer" else blend
         return fused
 
@@ -145,7 +158,8 @@ class HybridFusion:
                 z = log_scores[group_set.key]
                 ordered = z.detach().sort(descending=True).values
                 tau = (ordered[kept - 1] + ordered[kept]) / 2
-                masks[group_set.key] = torch.sigmoid((z - tau) / (temperature * z.detach().std().clamp_min(EPS)))
+                soft = torch.sigmoid((z - tau) / (temperature * z.detach().std().clamp_min(EPS)))
+                masks[group_set.key] = self._hard(soft, z > tau)
             return masks
         z_all = torch.cat([log_scores[gs.key].detach() for gs in self.group_sets])
         params = torch.cat([torch.full((gs.num_groups,), float(gs.params_per_group)) for gs in self.group_sets])
@@ -154,7 +168,15 @@ class HybridFusion:
         cut = int(torch.searchsorted(kept_params, kept_params[-1] - self.plan.remove_params).clamp(max=len(order) - 1))
         tau = z_all[order[cut]]
         scale = temperature * z_all.std().clamp_min(EPS)
-        return {gs.key: torch.sigmoid((log_scores[gs.key] - tau) / scale) for gs in self.group_sets}
+        return {
+            gs.key: self._hard(torch.sigmoid((log_scores[gs.key] - tau) / scale), log_scores[gs.key] > tau)
+            for gs in self.group_sets
+        }
+
+    def _hard(self, soft: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        if not self.straight_through:
+            return soft
+        return keep.to(soft.dtype) + soft - soft.detach()
 
     def train(
         self,

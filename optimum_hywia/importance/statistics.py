@@ -10,6 +10,7 @@ the sliced dimension and frees the gradient, so no full-size gradient or Fisher 
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -141,13 +142,14 @@ def encoder_distillation_loss(model: torch.nn.Module, batch: torch.Tensor) -> to
     embeddings lose when a group is removed. See docs/method.md, "Encoders".
     """
     targets = vars(model).setdefault(_DENSE_TARGETS, {})
-    key = (tuple(batch.shape), hash(batch.cpu().numpy().tobytes()))
+    # crc32, not hash(): Python salts hash() per process, and the pattern must not change between runs
+    key = (tuple(batch.shape), zlib.crc32(batch.cpu().numpy().tobytes()))
     full = torch.ones_like(batch)
     if key not in targets:
         with torch.no_grad():
             hidden = model(input_ids=batch, attention_mask=full, output_hidden_states=True).hidden_states[-1]
             targets[key] = _mean_pool(hidden, full).detach()
-    generator = torch.Generator().manual_seed(key[1] % (2**63))
+    generator = torch.Generator().manual_seed(key[1])
     keep = torch.rand(batch.shape, generator=generator) >= ENCODER_TOKEN_DROP
     keep[:, 0] = True  # the [CLS] position always stays
     keep = keep.to(batch.device).long()

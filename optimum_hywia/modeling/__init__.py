@@ -19,13 +19,18 @@ def load_pruned_model(name_or_path: str | os.PathLike, **kwargs: Any) -> PreTrai
     """Load any HyWIA checkpoint (uniform or per-layer) with this package's copy of the modeling override.
 
     Unlike `AutoModelForCausalLM.from_pretrained(..., trust_remote_code=True)`, no code is read from the checkpoint.
-    Keyword arguments go to `from_pretrained`.
+    A vanilla checkpoint loads with its family's Auto class (`AutoModel` for encoders). Keyword arguments go to
+    `from_pretrained`.
     """
     kwargs.pop("trust_remote_code", None)
     config = AutoConfig.from_pretrained(name_or_path, **{k: v for k, v in kwargs.items() if k in _CONFIG_KWARGS})
     kwargs.setdefault("use_safetensors", True)  # HyWIA checkpoints are safetensors only; never unpickle weights
-    if not getattr(config, "hywia_linear_shapes", None):
-        return AutoModelForCausalLM.from_pretrained(name_or_path, config=config, **kwargs)
+    if not getattr(config, "hywia_linear_shapes", None):  # a vanilla checkpoint: the Auto class of its family
+        from ..architectures import ARCHITECTURES
+
+        spec = ARCHITECTURES.get(getattr(config, "model_type", None))
+        auto_class = getattr(transformers, spec.auto_class) if spec is not None else AutoModelForCausalLM
+        return auto_class.from_pretrained(name_or_path, config=config, **kwargs)
     check_declared_shapes(name_or_path, config, kwargs.get("subfolder", ""))
     architectures = getattr(config, "architectures", None) or []
     base = getattr(transformers, architectures[0].removeprefix(CLASS_PREFIX), None) if architectures else None

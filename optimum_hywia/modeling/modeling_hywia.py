@@ -10,12 +10,16 @@ it is built, before the weights are loaded, from data in the config:
 - `hywia_module_attributes` {path: {attribute: value}}: per-layer attributes that cache a width (`num_heads`, ...);
 - `hywia_module_configs` {path: {key: value}}: modules that read widths from `self.config` get their own copy;
 - `hywia_alibi_heads` {path: [original head index, ...]}: ALiBi attention modules receive the bias of their kept
-  heads only, so every head keeps the slope of its original index.
+  heads only, so every head keeps the slope of its original index; `hywia_alibi_inputs` {argument: layout} names the
+  per-head tensors they receive (`"batch_heads"`: `[batch * heads, ...]` or `[batch, heads, ...]`, BLOOM's and
+  Falcon's `alibi`; `"heads"`: `[..., heads, query, key]`, Baichuan-13B's `attention_mask`, Falcon's 4-d mask);
+  absent: `{"alibi": "batch_heads"}`.
 
 Everything else (attention, rotary, KV cache, generation) is the base implementation.
 """
 
 import copy
+import inspect
 import sys
 
 import torch
@@ -24,7 +28,8 @@ from torch import nn
 
 CLASS_PREFIX = "HyWIA"
 AUTO_MAP_MODULE = "modeling_hywia"
-STRUCTURE_KEYS = ("hywia_module_attributes", "hywia_module_configs", "hywia_alibi_heads")
+STRUCTURE_KEYS = ("hywia_module_attributes", "hywia_module_configs", "hywia_alibi_heads", "hywia_alibi_inputs")
+DEFAULT_ALIBI_INPUTS = {"alibi": "batch_heads"}  # BLOOM (checkpoints saved before hywia_alibi_inputs existed)
 
 
 def _submodule(model: nn.Module, path: str) -> nn.Module:
@@ -59,17 +64,43 @@ def resize_linear_layers(model: nn.Module, shapes: dict) -> None:
             module.out_features, module.in_features = int(out_features), int(in_features)
 
 
-def _select_alibi_heads(heads: list):
+def _select_heads(value: torch.Tensor, layout: str, total: int, heads: list, name: str) -> torch.Tensor:
+    index = torch.tensor(heads, dtype=torch.long, device=value.device)
+    if layout == "batch_heads":
+        if value.ndim == 4 and value.shape[1] == total:  # already unfolded, [batch, heads, query, key] (Falcon)
+            return value.index_select(1, index)
+        if value.ndim == 0 or value.shape[0] % total:
+            raise ValueError(f"ALiBi input {name!r} of shape {list(value.shape)} is not [batch * {total} heads, ...].")
+        batch = value.shape[0] // total
+        selected = value.view(batch, total, *value.shape[1:])[:, index]
+        return selected.reshape(batch * len(heads), *value.shape[1:])
+    if layout == "heads":
+        if value.ndim < 3 or value.shape[-3] == 1:  # no per-head axis (a mask broadcast over heads)
+            return value
+        if value.shape[-3] != total:
+            raise ValueError(f"ALiBi input {name!r} of shape {list(value.shape)} has no axis of {total} heads at -3.")
+        return value.index_select(value.ndim - 3, index)
+    raise ValueError(f"Unknown ALiBi head layout {layout!r} for {name!r}: expected 'batch_heads' or 'heads'.")
+
+
+def _select_alibi_heads(module: nn.Module, heads: list, inputs: dict):
+    """Forward pre-hook giving `module` only the slices of its kept `heads` of every per-head input."""
+    try:
+        parameters = list(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        parameters = []
+    positions = {name: parameters.index(name) for name in inputs if name in parameters}
+
     def select(module, args, kwargs):
-        alibi = kwargs.get("alibi")
-        if alibi is None:
-            return None
         total = int(module.hywia_alibi_total_heads)
-        batch = alibi.shape[0] // total
-        index = torch.tensor(heads, dtype=torch.long, device=alibi.device)
-        selected = alibi.view(batch, total, *alibi.shape[1:])[:, index]
-        kwargs["alibi"] = selected.reshape(batch * len(heads), *alibi.shape[1:])
-        return args, kwargs
+        args = list(args)
+        for name, layout in inputs.items():
+            if name in kwargs:
+                if isinstance(kwargs[name], torch.Tensor):
+                    kwargs[name] = _select_heads(kwargs[name], layout, total, heads, name)
+            elif positions.get(name, len(args)) < len(args) and isinstance(args[positions[name]], torch.Tensor):
+                args[positions[name]] = _select_heads(args[positions[name]], layout, total, heads, name)
+        return tuple(args), kwargs
 
     return select
 
@@ -92,13 +123,14 @@ def apply_pruned_structure(model: nn.Module, structure: dict, num_heads: int | N
     alibi_heads = structure.get("hywia_alibi_heads") or {}
     if alibi_heads:
         total = num_heads or structure.get("hywia_alibi_total_heads")
+        inputs = dict(structure.get("hywia_alibi_inputs") or DEFAULT_ALIBI_INPUTS)
         for path, heads in alibi_heads.items():
             module = _submodule(model, path)
             handle = getattr(module, "_hywia_alibi_hook", None)
             if handle is not None:
                 handle.remove()
             module.hywia_alibi_total_heads = int(total)
-            selection = _select_alibi_heads([int(h) for h in heads])
+            selection = _select_alibi_heads(module, [int(h) for h in heads], inputs)
             module._hywia_alibi_hook = module.register_forward_pre_hook(selection, with_kwargs=True)
 
 
