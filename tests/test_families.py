@@ -324,7 +324,7 @@ print(json.dumps({"results": results, "imported": "optimum_hywia" in sys.modules
 """
 
 
-def test_bert_encoder_prunes_exactly_saves_and_reloads(tmp_path):
+def _tiny_bert() -> transformers.BertModel:
     config = transformers.BertConfig(
         vocab_size=VOCAB,
         hidden_size=HIDDEN,
@@ -334,7 +334,11 @@ def test_bert_encoder_prunes_exactly_saves_and_reloads(tmp_path):
         max_position_embeddings=64,
     )
     torch.manual_seed(0)
-    base = transformers.BertModel(config, add_pooling_layer=False).eval()
+    return transformers.BertModel(config, add_pooling_layer=False).eval()
+
+
+def test_bert_encoder_prunes_exactly_saves_and_reloads(tmp_path):
+    base = _tiny_bert()
     calibration = torch.randint(3, VOCAB, (8, 24), generator=torch.Generator().manual_seed(1))
     inputs = torch.randint(3, VOCAB, (2, 20), generator=torch.Generator().manual_seed(5))
     saved = []
@@ -373,16 +377,7 @@ def _save_tiny_bert(folder) -> None:
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     (folder / "vocab.txt").write_text("\n".join(tokens + [f"w{i}" for i in range(VOCAB - len(tokens))]) + "\n")
     transformers.BertTokenizer(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
-    config = transformers.BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=8,
-        intermediate_size=96,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    transformers.BertModel(config, add_pooling_layer=False).save_pretrained(folder)
+    _tiny_bert().save_pretrained(folder)
 
 
 def test_from_pretrained_loads_an_encoder_with_the_auto_class_of_its_table(tmp_path):
