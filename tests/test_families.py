@@ -130,6 +130,15 @@ print(json.dumps({"results": results, "imported": "optimum_hywia" in sys.modules
 """
 
 
+def reload_in_fresh_process(script: str, saved: list[tuple[str, bool, torch.Tensor]]) -> dict:
+    """Run a reload script on the saved `(folder, needs_remote_code, expected)` checkpoints in a new interpreter;
+    its results, after checking that the checkpoints needed nothing from optimum_hywia."""
+    output = run_python(script.replace("sys.argv[1]", repr(json.dumps([(f, r) for f, r, _ in saved]))))
+    result = json.loads(output.strip().splitlines()[-1])
+    assert result["imported"] is False  # the checkpoints need nothing from optimum_hywia
+    return result
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_family_prunes_exactly_saves_and_reloads(family, tmp_path):
     base = make_family_model(family)
@@ -175,9 +184,7 @@ def test_family_prunes_exactly_saves_and_reloads(family, tmp_path):
                     torch.testing.assert_close(reloaded(reload_inputs).logits[0, -3:], expected, rtol=0, atol=1e-5)
             saved.append((str(folder), not report.vanilla_config, expected))
 
-    output = run_python(RELOAD_SCRIPT.replace("sys.argv[1]", repr(json.dumps([(f, r) for f, r, _ in saved]))))
-    result = json.loads(output.strip().splitlines()[-1])
-    assert result["imported"] is False  # the checkpoints need nothing from optimum_hywia
+    result = reload_in_fresh_process(RELOAD_SCRIPT, saved)
     for folder, remote, expected in saved:
         reloaded = result["results"][folder]
         torch.testing.assert_close(torch.tensor(reloaded["logits"]), expected, rtol=0, atol=1e-5)
@@ -290,9 +297,7 @@ def test_baichuan_remote_code_prunes_exactly_and_reloads_with_its_own_code(varia
         saved.append((str(folder), True, expected))
     assert min(kept_heads) < base.config.num_attention_heads  # heads were removed: the slopes were put to the test
 
-    output = run_python(RELOAD_SCRIPT.replace("sys.argv[1]", repr(json.dumps([(f, r) for f, r, _ in saved]))))
-    result = json.loads(output.strip().splitlines()[-1])
-    assert result["imported"] is False
+    result = reload_in_fresh_process(RELOAD_SCRIPT, saved)
     for folder, _, expected in saved:
         reloaded = result["results"][folder]
         torch.testing.assert_close(torch.tensor(reloaded["logits"]), expected, rtol=0, atol=1e-5)
@@ -361,9 +366,7 @@ def test_bert_encoder_prunes_exactly_saves_and_reloads(tmp_path):
             folder = pruner.save_pretrained(tmp_path / f"{layout}-{ratio}")
             saved.append((str(folder), not pruner.report.vanilla_config, expected))
 
-    output = run_python(ENCODER_RELOAD_SCRIPT.replace("sys.argv[1]", repr(json.dumps([(f, r) for f, r, _ in saved]))))
-    result = json.loads(output.strip().splitlines()[-1])
-    assert result["imported"] is False
+    result = reload_in_fresh_process(ENCODER_RELOAD_SCRIPT, saved)
     for folder, remote, expected in saved:
         reloaded = result["results"][folder]
         torch.testing.assert_close(torch.tensor(reloaded["hidden"]), expected, rtol=0, atol=1e-5)
