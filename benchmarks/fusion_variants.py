@@ -1,18 +1,22 @@
 """Fusion ablation from ONE set of gradient statistics: baselines, fixed blends and the learned blend, by perplexity.
 
-All variants share the calibration windows, the gradient statistics and the parameter budget (per_layer layout);
+All variants share the calibration windows, the gradient statistics and the parameter budget (`--layout`);
 each selection is applied as hard 0/1 group masks on the dense model, which equals physical removal exactly (see
 tests/test_pruner.py), so the only difference between rows is how groups are ranked. Reported: Wikipedia
 perplexity (20 × 512 tokens), the calibration loss of the masked model, and how many attention groups / MLP channels
 each ranking keeps (the layer-wise allocation it implies).
 
-    .venv/bin/python benchmarks/fusion_variants.py --ratio 0.5 --variants element1 element2 vector fixed0.5 hywia
-    .venv/bin/python benchmarks/fusion_variants.py --ratio 0.2 --variants element1 element2 vector fixed0.5 hywia \
-        hywia-geo fixed0.5-geo hywia-3 hywia-geo-3 hywia-ste hywia-geo-ste
+    .venv/bin/python benchmarks/fusion_variants.py --ratio 0.5 --variants element1 element2 vector fixed0.5 hywia-lm \
+        hywia
+    .venv/bin/python benchmarks/fusion_variants.py --ratio 0.2 --variants element1 element2 vector fixed0.5 hywia-lm \
+        hywia-geo-lm fixed0.5-geo hywia-3-lm hywia-geo-3-lm hywia-ste-lm hywia-geo-ste-lm hywia
+    .venv/bin/python benchmarks/fusion_variants.py --layout uniform --ratio 0.2 --variants element1 vector fixed0.5 \
+        hywia-lm hywia
 
-Variants: the three estimators alone; `fixed<alpha>` (a fixed fine/coarse blend) and `hywia` (the learned blend), the
-latter two with optional suffixes `-geo` (blend log-scores: a weighted geometric mean), `-3` (element2 as a third
-estimate the attention can pick) and `-ste` (straight-through masks: the hard selection in the forward pass).
+Variants: the three estimators alone; `fixed<alpha>` (a fixed fine/coarse blend) and `hywia` (the learned blend, trained
+on the default distillation objective), the latter two with optional suffixes `-geo` (blend log-scores: a weighted
+geometric mean), `-3` (element2 as a third estimate the attention can pick), `-ste` (straight-through masks: the hard
+selection in the forward pass) and `-lm` (fusion trained on the causal-LM loss instead of the distillation objective).
 """
 
 from __future__ import annotations
@@ -47,14 +51,16 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["element1", "element2", "vector", "fixed0.5", "hywia"])
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layout", default="per_layer", choices=["per_layer", "uniform"])
     args = parser.parse_args()
-    output = RESULTS / f"fusion_variants_r{args.ratio:g}_s{args.seed}.json"
+    layout = "" if args.layout == "per_layer" else f"_{args.layout}"
+    output = RESULTS / f"fusion_variants_r{args.ratio:g}_s{args.seed}{layout}.json"
     results = json.loads(output.read_text()) if output.exists() else {}
 
     name_or_path, kwargs, _ = model_source(args.model)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs).eval()
-    config = HyWIAConfig(pruning_ratio=args.ratio, layout="per_layer", num_calibration_samples=args.samples)
+    config = HyWIAConfig(pruning_ratio=args.ratio, layout=args.layout, num_calibration_samples=args.samples)
     spec = get_architecture(model.config.model_type)
     num_layers = len(decoder_layers(model, spec)[1])
     all_sets = build_group_sets(model, spec, range(num_layers), ("attention", "mlp"))
@@ -88,14 +94,17 @@ def main() -> None:
             continue
         start = time.perf_counter()
         if variant in estimates:
-            evaluate(variant, {gs.key: estimates[variant][gs.key] / gs.params_per_group for gs in sets}, {})
+            per_layer = args.layout == "per_layer"  # groups of different sizes compete: rank by score per parameter
+            scores = {gs.key: estimates[variant][gs.key] / (gs.params_per_group if per_layer else 1) for gs in sets}
+            evaluate(variant, scores, {})
             continue
         parts = variant.split("-")
         fixed = float(parts[0].removeprefix("fixed")) if parts[0].startswith("fixed") else None
-        if (fixed is None and parts[0] != "hywia") or not set(parts[1:]) <= {"geo", "3", "ste"}:
+        if (fixed is None and parts[0] != "hywia") or not set(parts[1:]) <= {"geo", "3", "ste", "lm"}:
             raise SystemExit(
                 f"Unknown variant {variant!r}: element1, element2, vector, or fixed<alpha> / hywia with optional "
-                "suffixes -geo (geometric blend), -3 (element2 as a third estimate), -ste (straight-through masks)."
+                "suffixes -geo (geometric blend), -3 (element2 as a third estimate), -ste (straight-through masks), "
+                "-lm (LM-loss objective)."
             )
         fusion = HybridFusion(
             sets,
@@ -107,6 +116,7 @@ def main() -> None:
             extra=[estimates["element2"]] if "3" in parts else None,
             blend="geometric" if "geo" in parts else "arithmetic",
             straight_through="ste" in parts,
+            objective="lm" if "lm" in parts else "distillation",
         )
         result = fusion.train(model, batches, config.fusion_steps, 0.05, (1.0, 0.05), show_progress=False)
         alpha = {f"{layer}.{kind}": [round(x, 3) for x in a] for (layer, kind), a in result.alpha.items()}

@@ -14,6 +14,7 @@ CONFIG_NAME = "hywia_config.json"
 
 IMPORTANCE_METHODS = ("hywia", "element1", "element2", "vector", "l2", "random")
 FINE_ESTIMATORS = ("element1", "element2")
+FUSION_OBJECTIVES = ("distillation", "lm")
 GROUP_KINDS = ("attention", "mlp")
 LAYOUTS = ("uniform", "per_layer")
 AUTOCAST_DTYPES = ("bfloat16",)
@@ -35,6 +36,10 @@ class HyWIAConfig:
         fusion_learning_rate: Adam learning rate of the fusion module.
         fusion_hidden_size: width of the fusion attention's query/key space.
         fusion_temperature: (start, end) temperature of the soft masks, annealed geometrically during training.
+        fusion_objective: what the fusion training minimises on calibration data: `"distillation"` (the KL
+            divergence from the dense model's next-token distributions to the masked model's: keep what the model
+            predicts) or `"lm"` (the causal-LM loss of the masked model: fit the calibration text). Encoders always use
+            their masked self-distillation loss.
         fusion_alpha: a fixed fine-grained weight in [0, 1] for every slot instead of the learned blend (no fusion
             training; an ablation: 1 ranks like the fine estimator, 0 like `vector` inside each slot).
         group_kinds: which prunable groups to remove: `"attention"` (KV-head groups) and/or `"mlp"` (channels).
@@ -70,6 +75,7 @@ class HyWIAConfig:
     fusion_learning_rate: float = 0.05
     fusion_hidden_size: int = 8
     fusion_temperature: tuple[float, float] = (1.0, 0.05)
+    fusion_objective: str = "distillation"
     fusion_alpha: float | None = None
     group_kinds: tuple[str, ...] = GROUP_KINDS
     layer_range: tuple[int, int] | None = None
@@ -109,6 +115,7 @@ class HyWIAConfig:
         _check_choice("importance", self.importance, IMPORTANCE_METHODS)
         _check_choice("fine_estimator", self.fine_estimator, FINE_ESTIMATORS)
         _check_choice("layout", self.layout, LAYOUTS)
+        _check_choice("fusion_objective", self.fusion_objective, FUSION_OBJECTIVES)
         if not self.group_kinds or any(kind not in GROUP_KINDS for kind in self.group_kinds):
             raise ValueError(f"group_kinds must be a non-empty subset of {list(GROUP_KINDS)}, got {self.group_kinds}.")
         if len(set(self.group_kinds)) != len(self.group_kinds):

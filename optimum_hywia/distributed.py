@@ -96,7 +96,9 @@ class RowShardedModel(nn.Module):
     def config(self):
         return self.model.config
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, use_cache: bool = False) -> SimpleNamespace:
+    def forward(
+        self, input_ids: torch.Tensor, labels: torch.Tensor, use_cache: bool = False, objective: str = "lm"
+    ) -> SimpleNamespace:
         rank, world_size = distributed_world()
         rows = input_ids.shape[0]
         if rows < world_size:
@@ -106,7 +108,7 @@ class RowShardedModel(nn.Module):
             )
         local_ids = torch.tensor_split(input_ids, world_size)[rank]
         local_labels = torch.tensor_split(labels, world_size)[rank]
-        local = self.model(input_ids=local_ids, labels=local_labels, use_cache=False).loss
+        local = self.model(input_ids=local_ids, labels=local_labels, use_cache=False, objective=objective).loss
         weighted = local * (local_ids.shape[0] / rows)
         total = weighted.detach().clone().to(_collective_device())
         dist.all_reduce(total, op=dist.ReduceOp.SUM)

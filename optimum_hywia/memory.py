@@ -33,6 +33,7 @@ from torch.utils.checkpoint import checkpoint
 from .architectures import ArchitectureSpec
 from .groups import decoder_layers
 from .importance.statistics import calibration_loss
+from .offload import execution_device, offloaded_parameter_names
 
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16}
 GIB = 1024**3
@@ -70,7 +71,7 @@ class CalibrationModel(nn.Module):
     def config(self) -> Any:
         return self.model.config
 
-    def _loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _loss(self, input_ids: torch.Tensor, labels: torch.Tensor, objective: str = "lm") -> torch.Tensor:
         device = input_ids.device
         autocast = (
             torch.autocast(device.type, dtype=AUTOCAST_DTYPES[self.autocast_dtype])
@@ -80,20 +81,22 @@ class CalibrationModel(nn.Module):
         # entered here, not in forward: a micro-batch's recomputation during backward must checkpoint the same way
         layers = checkpointed_layers(self.model, self.spec) if self.gradient_checkpointing else nullcontext()
         with autocast, layers:
-            return calibration_loss(self.model, input_ids).float()
+            return calibration_loss(self.model, input_ids, objective).float()
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, use_cache: bool = False) -> SimpleNamespace:
-        """The mean causal-LM loss of the whole batch (as `.loss`), computed chunk by chunk."""
+    def forward(
+        self, input_ids: torch.Tensor, labels: torch.Tensor, use_cache: bool = False, objective: str = "lm"
+    ) -> SimpleNamespace:
+        """The mean calibration loss of the whole batch (as `.loss`), computed chunk by chunk."""
         rows = input_ids.shape[0]
         if self.micro_batch_size is None or self.micro_batch_size >= rows:
-            return SimpleNamespace(loss=self._loss(input_ids, labels))
+            return SimpleNamespace(loss=self._loss(input_ids, labels, objective))
         # calibration windows all have the same length, so the batch mean is the row-weighted chunk mean
         loss = 0.0
         for start in range(0, rows, self.micro_batch_size):
             chunk_ids = input_ids[start : start + self.micro_batch_size]
             chunk_labels = labels[start : start + self.micro_batch_size]
             chunk_loss = checkpoint(
-                with_current_hooks(self._loss, self.model), chunk_ids, chunk_labels, use_reentrant=False
+                with_current_hooks(self._loss, self.model), chunk_ids, chunk_labels, objective, use_reentrant=False
             )
             loss = loss + chunk_loss * (chunk_ids.shape[0] / rows)
         return SimpleNamespace(loss=loss)
@@ -170,15 +173,15 @@ class MemoryEstimate:
     statistics: int
     device: str
     available: int | None = None
+    offloaded: int = 0  # offloaded prunable weights, restored for a forward and kept by autograd until its backward
 
     @property
     def total(self) -> int:
-        return self.weights + self.activations + self.gradients + self.statistics
+        return self.weights + self.activations + self.gradients + self.statistics + self.offloaded
 
     def summary(self) -> str:
-        parts = ", ".join(
-            f"{name} {getattr(self, name) / GIB:.2f}" for name in ("weights", "activations", "gradients", "statistics")
-        )
+        names = ("weights", "activations", "gradients", "statistics") + (("offloaded",) if self.offloaded else ())
+        parts = ", ".join(f"{name} {getattr(self, name) / GIB:.2f}" for name in names)
         available = f"; {self.available / GIB:.2f} GiB available" if self.available is not None else ""
         return f"HyWIA calibration memory estimate on {self.device}: {self.total / GIB:.2f} GiB ({parts}){available}"
 
@@ -195,7 +198,7 @@ def estimate_calibration_memory(
 ) -> MemoryEstimate:
     """Predicted peak of one calibration forward/backward pass.
 
-    - weights: every parameter and buffer as loaded;
+    - weights: every parameter and buffer as loaded, except those offloaded (CPU/disk, on `meta`);
     - activations: what autograd keeps for one micro-batch: per decoder layer and token about 8 hidden-size and 5
       MLP-width vectors plus 4 attention-width vectors (attention inputs and outputs, q/k/v, norms, gate/up/act), the
       final logits three times (logits, float32 log-softmax, their gradient); with gradient checkpointing one
@@ -203,12 +206,14 @@ def estimate_calibration_memory(
     - gradients: the lean path frees each gradient once folded, so the transient peak is the largest prunable
       weight; with micro-batches autograd accumulates the batch gradient of every prunable weight first
       (`trainable_fraction` of the decoder-layer weights);
-    - statistics: three float64 sums per row/column of every prunable projection.
+    - statistics: three float64 sums per row/column of every prunable projection;
+    - offloaded: the prunable weights of offloaded layers (`trainable_fraction` of them), which the offload hooks
+      restore on the execution device for a forward and which autograd keeps there until that batch's backward.
     """
     config = spec.widths_config(model.config)
     params = {id(p): p for p in model.parameters()}.values()
-    weights = sum(p.numel() * p.element_size() for p in params)
-    weights += sum(b.numel() * b.element_size() for b in model.buffers())
+    weights = sum(p.numel() * p.element_size() for p in params if p.device.type != "meta")  # offloaded: not resident
+    weights += sum(b.numel() * b.element_size() for b in model.buffers() if b.device.type != "meta")
     parameter_bytes = 2 if autocast_dtype else next(iter(params)).element_size()
     hidden = config.hidden_size
     intermediate = getattr(config, "intermediate_size", 4 * hidden)
@@ -226,7 +231,7 @@ def estimate_calibration_memory(
         layer_activations = tokens * num_layers * per_layer_token
     logits = 3 * tokens * config.vocab_size * 4
     activations = layer_activations * parameter_bytes + logits
-    _, layers = decoder_layers(model, spec)
+    layers_path, layers = decoder_layers(model, spec)
     layer_linears = [m for m in layers[0].modules() if isinstance(m, nn.Linear)]
     largest = max((m.weight.numel() for m in layer_linears), default=0) * 4
     decoder_weights = sum(p.numel() for p in layers.parameters() if p.ndim == 2)
@@ -235,8 +240,16 @@ def estimate_calibration_memory(
     else:
         gradients = 2 * largest
     statistics = 3 * 8 * num_layers * sum(m.in_features + m.out_features for m in layer_linears)
-    device = next(iter(params)).device
-    return MemoryEstimate(weights, int(activations), gradients, statistics, str(device), available_memory(device))
+    offloaded_names = offloaded_parameter_names(model)
+    offloaded = sum(
+        p.numel() * p.element_size() * trainable_fraction
+        for name, p in layers.named_parameters(prefix=layers_path)
+        if p.ndim == 2 and name in offloaded_names
+    )
+    device = execution_device(model)
+    return MemoryEstimate(
+        weights, int(activations), gradients, statistics, str(device), available_memory(device), int(offloaded)
+    )
 
 
 def available_memory(device: torch.device) -> int | None:

@@ -38,6 +38,14 @@ from .importance.statistics import GradientStatistics
 from .memory import CalibrationModel, check_calibration_memory, estimate_calibration_memory
 from .model_card import ModelSource, describe_source, write_model_card
 from .modeling import MODELING_FILE
+from .offload import (
+    check_offloaded_projections,
+    drop_restored_weights,
+    has_meta_parameters,
+    materialised_state_dict,
+    needs_materialised_state_dict,
+    offloaded_parameter_names,
+)
 from .surgery import layer_widths, remove_groups, restore_auto_map, rewrite_config
 
 logger = logging.get_logger(__name__)
@@ -109,8 +117,9 @@ class HyWIAPruner:
         `transformers` (e.g. `"AutoModelForMaskedLM"`, `transformers.BertModel`). By default it is the Auto class of
         the family's mapping table (`ArchitectureSpec.auto_class`), read from the checkpoint's config:
         `AutoModelForCausalLM` for decoders, `AutoModel` for encoders (BERT). `from_pretrained_kwargs` go to its
-        `from_pretrained` (e.g. `gguf_file`, `dtype`, `revision`, `trust_remote_code`). The tokenizer is loaded from
-        the same place unless given.
+        `from_pretrained` (e.g. `gguf_file`, `dtype`, `revision`, `trust_remote_code`, or `device_map` with
+        `offload_folder`: CPU/disk-offloaded models are pruned too, see docs/performance.md). The tokenizer is loaded
+        from the same place unless given.
         """
         if isinstance(model_or_path, PreTrainedModel):
             if from_pretrained_kwargs or model_class is not None:
@@ -146,6 +155,7 @@ class HyWIAPruner:
         layer_range = range(*config.resolve_layer_range(num_layers))
         all_sets = build_group_sets(model, spec, range(num_layers), ("attention", "mlp"))
         group_sets = build_group_sets(model, spec, layer_range, config.group_kinds)
+        check_offloaded_projections([p.module for gs in group_sets for p in gs.projections])
         total_params = sum(gs.num_groups * gs.params_per_group for gs in all_sets)
         plan = plan_pruning(config, spec, spec.widths_config(model.config), group_sets, total_params)
         params_before = _count_params(model)
@@ -153,6 +163,7 @@ class HyWIAPruner:
         logger.info(f"HyWIA: pruning layers [{layer_range.start}, {layer_range.stop}) of {num_layers}, plan {plan}")
 
         scores, fusion = self._score(group_sets, plan, num_layers, calibration_data, show_progress, seconds)
+        drop_restored_weights(model)
         kept = broadcast_kept_groups(select_groups(scores, group_sets, plan))
 
         surgery_start = time.perf_counter()
@@ -215,7 +226,15 @@ class HyWIAPruner:
         coarse = gradient_scores("vector", statistics)
         start = time.perf_counter()
         fusion = HybridFusion(
-            group_sets, fine, coarse, plan, num_layers, config.fusion_hidden_size, config.seed, config.fusion_alpha
+            group_sets,
+            fine,
+            coarse,
+            plan,
+            num_layers,
+            config.fusion_hidden_size,
+            config.seed,
+            config.fusion_alpha,
+            objective=config.fusion_objective,
         )
         trainer = RowShardedModel(runner) if world_size > 1 else runner
         with summed_gradients(fusion.module):
@@ -319,7 +338,8 @@ class HyWIAPruner:
         _remove_stale_staging(target)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
         try:
-            self.model.save_pretrained(staging)
+            offloaded = needs_materialised_state_dict(self.model)
+            self.model.save_pretrained(staging, state_dict=materialised_state_dict(self.model) if offloaded else None)
             restore_auto_map(self.model, staging)  # remote-code models rewrite auto_map to their own class
             if self.tokenizer is not None:
                 self.tokenizer.save_pretrained(staging)
@@ -396,14 +416,15 @@ def _check_prunable(model: PreTrainedModel) -> None:
             f"The model is quantized ({method}); HyWIA slices float weights. Load it without a "
             "quantization_config (float32 or bfloat16), prune, then quantize the pruned model."
         )
+    offloaded = offloaded_parameter_names(model) if has_meta_parameters(model) else set()
     for name, param in model.named_parameters():
-        if param.device.type == "meta":
+        if param.device.type == "meta" and name not in offloaded:
             raise ValueError(
-                f"Parameter {name} is on the meta device (CPU/disk-offloaded by a device_map, or not materialised): "
-                "HyWIA needs every weight resident to compute its gradient and slice it. Use a device_map over "
-                "accelerators only (model parallel, e.g. max_memory={0: '70GiB', 1: '70GiB'}), or load on CPU "
-                "without offload; lower the calibration peak with calibration_micro_batch_size, "
-                "gradient_checkpointing=True and autocast_dtype='bfloat16'."
+                f"Parameter {name} is on the meta device and no accelerate offload hook restores it (the model is "
+                "not materialised): HyWIA needs every weight resident, or offloaded by accelerate. CPU/disk offload "
+                "IS supported: load the model with a device_map (e.g. HyWIAPruner.from_pretrained(model_id, "
+                "device_map='auto', offload_folder='offload')), whose offload hooks restore the weights around "
+                "each forward; the pruned weights of offloaded layers are then held in CPU RAM."
             )
         if not param.dtype.is_floating_point:
             raise ValueError(f"Parameter {name} has dtype {param.dtype}; HyWIA needs float weights.")

@@ -35,6 +35,7 @@ from transformers import PreTrainedModel
 from transformers.utils import logging
 
 from .data.calibration import check_integer_ids, is_dataset, text_column
+from .offload import execution_device
 
 logger = logging.get_logger(__name__)
 
@@ -232,7 +233,7 @@ def recover(
     examples, data_format = build_examples(data, tokenizer, config)
     target_modules = config.target_modules or default_target_modules(model)
     _check_targets(model, target_modules)
-    device = next(model.parameters()).device
+    device = execution_device(model)
     pad_id = _pad_id(tokenizer, model)
     fingerprint = _run_fingerprint(model, examples, config, target_modules)
 

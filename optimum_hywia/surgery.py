@@ -16,6 +16,7 @@ from torch import nn
 from .architectures import ArchitectureSpec
 from .groups import BoundProjection, GroupSet, build_group_sets, decoder_layers, head_dim
 from .modeling.modeling_hywia import AUTO_MAP_MODULE, CLASS_PREFIX, STRUCTURE_KEYS, apply_pruned_structure
+from .offload import module_tensor, set_parameter
 
 Key = tuple[int, str]
 
@@ -32,11 +33,12 @@ ORIGINAL_HEADS_ATTRIBUTE = "hywia_original_heads"
 def slice_projection(projection: BoundProjection, indices: torch.Tensor) -> None:
     """Keep only `indices` of the sliced dimension of a linear or `Conv1D` projection (and of its bias rows)."""
     module, axis = projection.module, projection.weight_axis
-    indices = indices.to(module.weight.device)
+    weight = module_tensor(module, "weight")  # an offloaded module's weight is read from its offload hook
+    indices = indices.to(weight.device)
     with torch.no_grad():
-        module.weight = nn.Parameter(module.weight.index_select(axis, indices).clone(), module.weight.requires_grad)
+        set_parameter(module, "weight", weight.index_select(axis, indices).clone())
         if projection.sliced_bias:
-            module.bias = nn.Parameter(module.bias.index_select(0, indices).clone(), module.bias.requires_grad)
+            set_parameter(module, "bias", module_tensor(module, "bias").index_select(0, indices).clone())
     if projection.transposed:
         if projection.spec.dim == "out":
             module.nf = len(indices)

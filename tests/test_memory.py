@@ -116,8 +116,8 @@ def test_calibration_model_rejects_bad_options():
         CalibrationModel(model, SPEC, micro_batch_size=0)
 
 
-def test_disk_offloaded_model_is_refused_with_a_clear_message(tmp_path):
-    """accelerate's device_map with max_memory forcing disk offload leaves meta weights: refused, with the knobs."""
+def test_auto_device_map_with_disk_offload_prunes_like_the_resident_model(tmp_path, token_batch):
+    """accelerate's device_map with max_memory forcing disk offload leaves meta weights: pruned like resident ones."""
     from transformers import AutoModelForCausalLM
 
     make_tiny_model("llama-gqa").save_pretrained(tmp_path / "model")
@@ -128,6 +128,21 @@ def test_disk_offloaded_model_is_refused_with_a_clear_message(tmp_path):
         offload_folder=str(tmp_path / "offload"),
     )
     assert any(param.device.type == "meta" for param in model.parameters())
-    pruner = HyWIAPruner(model, HyWIAConfig(importance="l2"))
-    with pytest.raises(ValueError, match="offloaded by a device_map.*device_map over accelerators only"):
-        pruner.prune(show_progress=False)
+    resident = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
+    kept = []
+    for candidate in (resident, model):
+        pruner = HyWIAPruner(
+            candidate,
+            HyWIAConfig(
+                importance="element2",
+                num_calibration_samples=8,
+                calibration_sequence_length=32,
+                calibration_batch_size=4,
+            ),
+        )
+        pruner.prune(token_batch, show_progress=False)
+        kept.append(pruner.report.kept_groups)
+    assert kept[0] == kept[1]
+    inputs = torch.arange(3, 23)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs).logits, resident(inputs).logits, rtol=1e-5, atol=1e-5)

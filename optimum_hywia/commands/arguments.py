@@ -138,6 +138,11 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--sequence-length", type=positive_int, help="tokens per calibration window (default: 128)")
     group.add_argument("--batch-size", type=positive_int, help="calibration windows per pass (default: 8)")
     group.add_argument("--fusion-steps", type=int, help="fusion training steps (default: 16)")
+    group.add_argument(
+        "--fusion-objective",
+        choices=("distillation", "lm"),
+        help="what the fusion training minimises: KL to the dense model, or the LM loss (default: distillation)",
+    )
     group.add_argument("--round-to", type=positive_int, help="round kept MLP widths to a multiple of this")
     group.add_argument(
         "--head-round-to", type=positive_int, help="round kept KV-head groups (so query heads) to a multiple of this"

@@ -11,6 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.calibration import check_integer_ids, is_dataset, text_column
+from ..offload import execution_device
 
 
 def _token_ids(text: Any, tokenizer: Any) -> torch.Tensor:
@@ -67,7 +68,7 @@ def perplexity(
             "text or lower sequence_length."
         )
     windows = ids[: num_windows * sequence_length].view(num_windows, sequence_length)
-    device = next(model.parameters()).device
+    device = execution_device(model)
     was_training = model.training
     model.eval()
     total_nll, total_tokens = 0.0, 0

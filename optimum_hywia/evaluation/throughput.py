@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ..offload import execution_device
+
 
 def _cache_argument(model: torch.nn.Module) -> str:
     """The forward keyword of the KV cache: `cache` in recent transformers, `past_key_values` before."""
@@ -43,7 +45,7 @@ def measure_throughput(
     """
     if min(batch_size, prompt_length, new_tokens, repeats) < 1 or warmup < 0:
         raise ValueError("batch_size, prompt_length, new_tokens and repeats must be >= 1 and warmup >= 0.")
-    device = next(model.parameters()).device
+    device = execution_device(model)
     vocab_size = vocab_size or model.config.vocab_size
     generator = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, vocab_size, (batch_size, prompt_length), generator=generator).to(device)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..groups import GroupSet
+from ..offload import module_tensor
 from .statistics import GradientStatistics
 
 GRADIENT_ESTIMATORS = ("element1", "element2", "vector")
@@ -58,10 +59,10 @@ def weight_scores(method: str, group_sets: list[GroupSet], seed: int = 0) -> dic
         values = []
         for projection in group_set.projections:
             module = projection.module
-            squared = module.weight.detach().float().square()
+            squared = module_tensor(module, "weight").detach().float().square()
             per_index = squared.sum(1 - projection.weight_axis)  # Conv1D weights are [in, out]
             if projection.sliced_bias:
-                per_index = per_index + module.bias.detach().float().square()
+                per_index = per_index + module_tensor(module, "bias").detach().float().square()
             values.append(per_index.cpu())
         scores[group_set.key] = group_sum(group_set, values).sqrt()
     return scores

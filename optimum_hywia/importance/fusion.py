@@ -5,8 +5,9 @@ blended by attention weights `alpha = softmax(q_slot . K_slot / sqrt(d))`, where
 keys `K_slot,e = W phi_slot,e + b_e` come from statistics `phi` of each estimate in that slot. The blend `R = sum_e
 alpha_e r_e` ranks groups inside a slot; for the per-layer layout a slot's level, the fine-grained (per-weight)
 density `mean_slot(s_fine / params)`, makes slots comparable. The queries, `W` and `b` are trained through soft
-masks `sigmoid((log D - tau) / (T * std))` on the groups' outputs, at the target sparsity, to lower the LM loss on
-calibration data; the model's weights stay frozen.
+masks `sigmoid((log D - tau) / (T * std))` on the groups' outputs, at the target sparsity, to lower the calibration
+objective: by default the KL divergence from the dense model's next-token distributions (`fusion_objective`); the
+model's weights stay frozen.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from transformers.utils import logging
 
 from ..allocation import PruningPlan
 from ..groups import GroupSet
+from ..offload import execution_device
 from .masking import group_masks
 from .statistics import calibration_loss, check_finite
 
@@ -106,8 +108,10 @@ class HybridFusion:
         extra: list[dict[Key, torch.Tensor]] | None = None,
         blend: str = "arithmetic",
         straight_through: bool = False,
+        objective: str = "distillation",
     ):
         self.group_sets = group_sets
+        self.objective = objective
         self.fixed_alpha = fixed_alpha
         self.plan = plan
         self.blend = blend
@@ -187,11 +191,11 @@ class HybridFusion:
         temperature: tuple[float, float],
         show_progress: bool = True,
     ) -> FusionResult:
-        """Learn the blend end to end: minimise the LM loss of the soft-masked model on calibration batches."""
+        """Learn the blend end to end: minimise the calibration loss (`objective`) of the soft-masked model."""
         losses: list[float] = []
         if steps > 0 and self.fixed_alpha is None:
             optimizer = torch.optim.Adam(self.module.parameters(), lr=learning_rate)
-            device = next(model.parameters()).device
+            device = execution_device(model)
             previous = [(param, param.requires_grad) for param in model.parameters()]
             was_training = model.training
             model.eval()
@@ -205,7 +209,7 @@ class HybridFusion:
                     batch = batches[step % len(batches)].to(device)
                     masks = self.soft_masks(self.scores(), current)
                     with group_masks(self.group_sets, masks):
-                        loss = calibration_loss(model, batch)
+                        loss = calibration_loss(model, batch, self.objective)
                     check_finite(loss, "fusion training loss")
                     optimizer.zero_grad()
                     loss.backward()

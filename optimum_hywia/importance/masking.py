@@ -14,6 +14,18 @@ import torch
 
 from ..groups import GroupSet
 
+_suspended = [0]  # > 0: group masks pass inputs through unchanged
+
+
+@contextmanager
+def masks_suspended() -> Iterator[None]:
+    """Within the block, every active `group_masks` is bypassed: the forward pass is the unmasked model's."""
+    _suspended[0] += 1
+    try:
+        yield
+    finally:
+        _suspended[0] -= 1
+
 
 @contextmanager
 def group_masks(group_sets: list[GroupSet], masks: dict[tuple[int, str], torch.Tensor]) -> Iterator[None]:
@@ -28,12 +40,16 @@ def group_masks(group_sets: list[GroupSet], masks: dict[tuple[int, str], torch.T
                 if projection.spec.dim != "in":
                     continue
                 device = projection.module.weight.device
+                if device.type == "meta":  # offloaded: the input's device is known only at forward time
+                    device = mask.device
                 # rows shared by every group (multi-query KV) map to index num_groups: never masked
                 full_mask = torch.cat([mask.to(device), mask.new_ones(1).to(device)])
                 column_mask = full_mask[group_of_index.to(device)]
 
                 def scale_input(module, args, column_mask=column_mask):
-                    return (args[0] * column_mask.to(args[0].dtype), *args[1:])
+                    if _suspended[0]:
+                        return None
+                    return (args[0] * column_mask.to(args[0].device, args[0].dtype), *args[1:])
 
                 handles.append(projection.module.register_forward_pre_hook(scale_input))
         yield

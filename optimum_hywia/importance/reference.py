@@ -15,6 +15,7 @@ from collections.abc import Iterable
 import torch
 from tqdm.auto import tqdm
 
+from ..offload import execution_device
 from . import statistics as lean_statistics
 from .statistics import GradientStatistics, calibration_loss, check_finite
 
@@ -32,7 +33,7 @@ class FullGradientStatistics(GradientStatistics):
         # one full-size (signed, absolute, squared) accumulator per prunable weight, bias appended as a column
         accumulators: dict[str, list[torch.Tensor]] = {}
         previous = [(param, param.requires_grad) for param in model.parameters()]
-        device = next(model.parameters()).device
+        device = execution_device(model)
         encoder = lean_statistics._encoder(model)
         if encoder is not None:  # as in the lean path: distillation targets come from this (dense) model
             vars(encoder).pop(lean_statistics._DENSE_TARGETS, None)

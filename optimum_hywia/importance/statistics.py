@@ -20,6 +20,8 @@ from transformers import PreTrainedModel
 from transformers.utils import logging
 
 from ..groups import GroupSet
+from ..offload import execution_device, post_accumulate_grad_hooks
+from .masking import masks_suspended
 
 logger = logging.get_logger(__name__)
 
@@ -69,24 +71,21 @@ class GradientStatistics:
                 if projection.spec.dim == "out" and bias is not None:
                     tracked[id(bias)] = (bias, self._hook(stats, 1))
         previous = [(param, param.requires_grad) for param in model.parameters()]
-        handles = []
         if _encoder(model) is not None:  # encoder targets are the embeddings of this (dense) model
             vars(_encoder(model)).pop(_DENSE_TARGETS, None)
         try:
             for param in model.parameters():
                 param.requires_grad_(id(param) in tracked)
-            handles = [param.register_post_accumulate_grad_hook(hook) for param, hook in tracked.values()]
-            device = next(model.parameters()).device
+            device = execution_device(model)
             batches = list(batches)
-            for batch in tqdm(batches, desc="HyWIA calibration (gradients)", disable=not show_progress):
-                batch = batch.to(device)
-                loss = calibration_loss(model, batch)
-                check_finite(loss, "calibration loss")
-                loss.backward()
-                self.num_batches += 1
+            with post_accumulate_grad_hooks(model, list(tracked.values())):
+                for batch in tqdm(batches, desc="HyWIA calibration (gradients)", disable=not show_progress):
+                    batch = batch.to(device)
+                    loss = calibration_loss(model, batch)
+                    check_finite(loss, "calibration loss")
+                    loss.backward()
+                    self.num_batches += 1
         finally:
-            for handle in handles:
-                handle.remove()
             for param, requires_grad in previous:
                 param.requires_grad_(requires_grad)
                 param.grad = None
@@ -115,16 +114,38 @@ def _encoder(model: torch.nn.Module) -> torch.nn.Module | None:
     return None
 
 
-def calibration_loss(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """The calibration objective: the causal-LM loss for generative models, masked self-distillation for encoders.
+def calibration_loss(model: torch.nn.Module, batch: torch.Tensor, objective: str = "lm") -> torch.Tensor:
+    """The calibration objective of a batch.
 
-    `model` is a transformers model or a wrapper with the same `forward(input_ids, labels)` (e.g.
-    `memory.CalibrationModel`); an encoder behind a wrapper is called directly.
+    Generative models: the causal-LM loss (`objective="lm"`, used for the gradient statistics), or, for the fusion
+    training, `objective="distillation"`: the KL divergence from the unmasked model's next-token distributions to
+    the (group-masked) model's, see `distillation_loss`. Encoders: masked self-distillation, whatever `objective`.
+    `model` is a transformers model or a wrapper with the same `forward(input_ids, labels)` that also takes
+    `objective` (`memory.CalibrationModel`, `distributed.RowShardedModel`); an encoder behind a wrapper is called
+    directly.
     """
     encoder = _encoder(model)
-    if encoder is None:
+    if encoder is not None:
+        return encoder_distillation_loss(encoder, batch)
+    if objective == "lm":
         return model(input_ids=batch, labels=batch, use_cache=False).loss
-    return encoder_distillation_loss(encoder, batch)
+    if objective != "distillation":
+        raise ValueError(f"objective must be 'lm' or 'distillation', got {objective!r}.")
+    if isinstance(model, PreTrainedModel):
+        return distillation_loss(model, batch)
+    return model(input_ids=batch, labels=batch, use_cache=False, objective=objective).loss
+
+
+def distillation_loss(model: PreTrainedModel, batch: torch.Tensor) -> torch.Tensor:
+    """`KL(p_dense || p_masked)` of the next-token distributions, summed over the vocabulary, averaged over tokens.
+
+    The teacher is the same model with every `group_masks` bypassed (no gradient); the student is the masked model.
+    Its gradient at the dense model is zero, so it serves the fusion training only, never the gradient statistics.
+    """
+    with torch.no_grad(), masks_suspended():
+        teacher = model(input_ids=batch, use_cache=False).logits.float().log_softmax(-1)
+    student = model(input_ids=batch, use_cache=False).logits.float().log_softmax(-1)
+    return torch.nn.functional.kl_div(student, teacher, reduction="none", log_target=True).sum(-1).mean()
 
 
 def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
