@@ -338,6 +338,10 @@ How to read it (docs/method.md §8 has the ablations on one set of gradient stat
   seeds and equal at the third), which is **not** beyond the seed spread: at 20% the per_layer budget mostly removes
   MLP channels, where the learned blend is ≈ element1. The distillation objective fixed the LM objective's 20%
   loss (55.5 ± 1.2, worse than element1 at every seed).
+- Uniform layout (every layer pruned to the same widths, seed 0): HyWIA 115.7 / 990.3 against element1's 1725 /
+  13660 at 20% / 50%: ranking inside each slot without a per-layer budget is where element1 fails worst (docs/method.md
+  §8 has vector and the fixed blends in this layout on one set of statistics).
+- LoRA recovery (seed 0) keeps the order: HyWIA 48.25 against element1's 49.27 at 20%, 234.25 against 311.01 at 50%.
 - The zero-shot averages on 30 items per task are dominated by BoolQ, whose accuracy swings between 17% and 83%
   with the answer bias of the model (even the dense model scores below the majority class on these items): they
   do **not** show a reliable ordering, and no accuracy claim is made from them (the paired accuracy differences
