@@ -334,10 +334,11 @@ How to read it (docs/method.md §8 has the ablations on one set of gradient stat
   windows per seed). At 50% HyWIA beats every single-granularity baseline far beyond the seed spread (309 ± 13
   against element1's 417 ± 14, lower at every seed; element2 and vector are worse still) and also beats the
   LM-objective blend on average; the fixed even blend is lower at the one seed it was run (287 vs 305).
-  At 20% HyWIA has the lowest mean perplexity of all rows (52.1 ± 1.6 against element1's 53.0 ± 1.0, lower at 2 of 3
-  seeds and equal at the third), which is **not** beyond the seed spread: at 20% the per_layer budget mostly removes
-  MLP channels, where the learned blend is ≈ element1. The distillation objective fixed the LM objective's 20%
-  loss (55.5 ± 1.2, worse than element1 at every seed).
+  At 20% the three fine/coarse rankings are close and HyWIA does **not** win: 52.1 ± 1.6 against element2's
+  52.0 ± 0.05 (lower at 1 of 3 seeds) and element1's 53.0 ± 1.0 (lower at 2 of 3, equal at the third); it does beat
+  vector (63.2 ± 1.4) at every seed. At 20% the per_layer budget mostly removes MLP channels, where the learned blend
+  is about element1. The distillation objective fixed the LM objective's larger 20% loss (55.5 ± 1.2, worse than
+  element1 at every seed).
 - Uniform layout (every layer pruned to the same widths, seed 0): HyWIA 115.7 / 990.3 against element1's 1725 /
   13660 at 20% / 50%: ranking inside each slot without a per-layer budget is where element1 fails worst (docs/method.md
   §8 has vector and the fixed blends in this layout on one set of statistics).
