@@ -6,17 +6,17 @@ tests/test_pruner.py), so the only difference between rows is how groups are ran
 perplexity (20 × 512 tokens), the calibration loss of the masked model, and how many attention groups / MLP channels
 each ranking keeps (the layer-wise allocation it implies).
 
-    .venv/bin/python benchmarks/fusion_variants.py --ratio 0.5 --variants element1 element2 vector fixed0.5 hywia-lm \
-        hywia
-    .venv/bin/python benchmarks/fusion_variants.py --ratio 0.2 --variants element1 element2 vector fixed0.5 hywia-lm \
-        hywia-geo-lm fixed0.5-geo hywia-3-lm hywia-geo-3-lm hywia-ste-lm hywia-geo-ste-lm hywia
-    .venv/bin/python benchmarks/fusion_variants.py --layout uniform --ratio 0.2 --variants element1 vector fixed0.5 \
-        hywia-lm hywia
+    .venv/bin/python benchmarks/fusion_variants.py --seed 0 --ratio 0.2 --variants element1 element2 vector hywia
+    .venv/bin/python benchmarks/fusion_variants.py --seed 0 --ratio 0.5 --variants element1 element2 vector hywia
 
-Variants: the three estimators alone; `fixed<alpha>` (a fixed fine/coarse blend) and `hywia` (the learned blend, trained
-on the default distillation objective), the latter two with optional suffixes `-geo` (blend log-scores: a weighted
-geometric mean), `-3` (element2 as a third estimate the attention can pick), `-ste` (straight-through masks: the hard
-selection in the forward pass) and `-lm` (fusion trained on the causal-LM loss instead of the distillation objective).
+Variants: the three estimators alone; `fixed<alpha>` (a fixed fine/coarse blend, the fine weight shared by the fine
+estimates) and `hywia` (the learned blend of element1, element2 and vector, trained on the default distillation
+objective: the shipped method), the latter two with optional suffixes `-e1` (element1 as the only fine estimate),
+`-geo` (blend log-scores: a weighted geometric mean), `-ste` (straight-through masks: the hard selection in the
+forward pass) and `-lm` (fusion trained on the causal-LM loss instead of the distillation objective).
+
+Results of the first formulation (one fine estimate whose level set every slot's; commit b15a844) are kept in
+`results/fusion_variants_v1/`.
 """
 
 from __future__ import annotations
@@ -100,20 +100,19 @@ def main() -> None:
             continue
         parts = variant.split("-")
         fixed = float(parts[0].removeprefix("fixed")) if parts[0].startswith("fixed") else None
-        if (fixed is None and parts[0] != "hywia") or not set(parts[1:]) <= {"geo", "3", "ste", "lm"}:
+        if (fixed is None and parts[0] != "hywia") or not set(parts[1:]) <= {"geo", "e1", "ste", "lm"}:
             raise SystemExit(
                 f"Unknown variant {variant!r}: element1, element2, vector, or fixed<alpha> / hywia with optional "
-                "suffixes -geo (geometric blend), -3 (element2 as a third estimate), -ste (straight-through masks), "
-                "-lm (LM-loss objective)."
+                "suffixes -e1 (element1 as the only fine estimate), -geo (geometric blend), -ste (straight-through "
+                "masks), -lm (LM-loss objective)."
             )
         fusion = HybridFusion(
             sets,
-            estimates["element1"],
+            [estimates["element1"], *([] if "e1" in parts else [estimates["element2"]])],
             estimates["vector"],
             plan,
             num_layers,
             fixed_alpha=fixed,
-            extra=[estimates["element2"]] if "3" in parts else None,
             blend="geometric" if "geo" in parts else "arithmetic",
             straight_through="ste" in parts,
             objective="lm" if "lm" in parts else "distillation",

@@ -9,8 +9,13 @@ disjoint from the calibration ones.
 
 Every run is cached as one JSON file under `--results` (default benchmarks/results/quality/), so the matrix can be
 run in pieces; `--report` aggregates the cache into docs/results.md, benchmarks/results/quality.json and a PNG.
+Runs record every item's 0/1 score, so that the report can compare two methods item by item: a second cache with
+more items per task (`--accuracy-results`, default benchmarks/results/quality_accuracy/) feeds the paired accuracy
+section of the report.
 
     .venv/bin/python benchmarks/quality.py --ratios 0.2 0.5 --methods dense element1 vector hywia --seeds 0
+    .venv/bin/python benchmarks/quality.py --results benchmarks/results/quality_accuracy --limit 120 \
+        --methods dense element1 element2 vector hywia
     .venv/bin/python benchmarks/quality.py --report
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -36,6 +42,7 @@ from optimum_hywia.evaluation.zero_shot import PAPER_TASKS, evaluate_zero_shot
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "quality"
+ACCURACY_RESULTS = ROOT / "benchmarks" / "results" / "quality_accuracy"
 
 # method name -> HyWIAConfig fields; "dense" is the unpruned model
 METHODS: dict[str, dict[str, Any]] = {
@@ -111,7 +118,9 @@ def run_one(args: argparse.Namespace, dense, tokenizer, method, ratio, layout, s
     record["wiki_ppl"] = perplexity(
         model, tokenizer, evaluation_text, sequence_length=512, max_windows=args.eval_windows, show_progress=False
     )
-    record["zero_shot"] = evaluate_zero_shot(model, tokenizer, limit=args.limit, batch_size=args.batch_size)
+    record["zero_shot"] = evaluate_zero_shot(
+        model, tokenizer, limit=args.limit, batch_size=args.batch_size, per_item=True
+    )
     record["limit"] = args.limit
     record["eval_windows"] = args.eval_windows
     record["model"] = args.model
@@ -160,11 +169,11 @@ def _mean_spread(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (max(values) - min(values)) / 2
 
 
-def write_report(args: argparse.Namespace) -> None:
-    records = [json.loads(path.read_text()) for path in sorted(Path(args.results).glob("*.json"))]
-    if not records:
-        raise SystemExit(f"No cached runs under {args.results}: run the matrix first.")
-    groups = _group(records)
+def _load(folder: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(path.read_text()) for path in sorted(Path(folder).glob("*.json"))]
+
+
+def _rows(groups: dict[tuple, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     rows = []
     for (ratio, layout, method, lora), runs in sorted(groups.items(), key=lambda item: _sort_key(item[0])):
         accs = {task: [100 * r["zero_shot"][task]["acc"] for r in runs] for task in PAPER_TASKS}
@@ -182,11 +191,29 @@ def write_report(args: argparse.Namespace) -> None:
                 "average": _mean_spread(average),
             }
         )
+    return rows
+
+
+def write_report(args: argparse.Namespace) -> None:
+    records = _load(args.results)
+    if not records:
+        raise SystemExit(f"No cached runs under {args.results}: run the matrix first.")
+    groups = _group(records)
+    rows = _rows(groups)
+    accuracy_records = _load(args.accuracy_results)
+    accuracy = None
+    if accuracy_records:
+        accuracy = {
+            "limit": accuracy_records[0]["limit"],
+            "rows": _rows(_group(accuracy_records)),
+            "paired": _item_paired(_group(accuracy_records)),
+        }
     summary = {
         "limit": records[0]["limit"],
         "eval_windows": records[0]["eval_windows"],
         "rows": rows,
         "paired": _paired(groups),
+        "accuracy": accuracy,
     }
     (ROOT / "benchmarks" / "results" / "quality.json").write_text(json.dumps(summary, indent=1) + "\n")
     _plot(rows, ROOT / "docs" / "results_quality.png")
@@ -194,37 +221,76 @@ def write_report(args: argparse.Namespace) -> None:
     print((ROOT / "docs" / "results.md").read_text())
 
 
-def _paired(groups: dict[tuple, list[dict[str, Any]]], method: str = "hywia") -> list[dict[str, Any]]:
-    """`method` against every other pruned method, seed by seed (same calibration windows): differences of PPL/acc."""
-    paired = []
-    for (ratio, layout, name, lora), runs in sorted(groups.items(), key=lambda item: _sort_key(item[0])):
+def _pairs(groups: dict[tuple, list[dict[str, Any]]], method: str):
+    """(key, our runs by seed, their runs by seed, shared seeds) for `method` against every other pruned method."""
+    ordered = sorted(groups.items(), key=lambda item: _sort_key(item[0]))
+    for (ratio, layout, name, lora), runs in ordered:
         if name != method:
             continue
         ours = {r["seed"]: r for r in runs}
-        for (other_ratio, other_layout, other, other_lora), other_runs in sorted(
-            groups.items(), key=lambda item: _sort_key(item[0])
-        ):
+        for (other_ratio, other_layout, other, other_lora), other_runs in ordered:
             if (other_ratio, other_layout, other_lora) != (ratio, layout, lora) or other in (method, "dense"):
                 continue
-            seeds = sorted(set(ours) & {r["seed"] for r in other_runs})
             theirs = {r["seed"]: r for r in other_runs}
-            if not seeds:
-                continue
-            paired.append(
-                {
-                    "ratio": ratio,
-                    "layout": layout,
-                    "lora": lora,
-                    "baseline": other,
-                    "seeds": seeds,
-                    "ppl_ratio": [ours[s]["wiki_ppl"] / theirs[s]["wiki_ppl"] for s in seeds],
-                    "average_acc_diff": [
-                        100 * (ours[s]["zero_shot"]["average"]["acc"] - theirs[s]["zero_shot"]["average"]["acc"])
-                        for s in seeds
-                    ],
-                }
-            )
+            seeds = sorted(set(ours) & set(theirs))
+            if seeds:
+                yield (ratio, layout, lora, other), ours, theirs, seeds
+
+
+def _item_paired(groups: dict[tuple, list[dict[str, Any]]], method: str = "hywia") -> list[dict[str, Any]]:
+    """Item by item: `method` minus each baseline in `acc`, on the same items, pooled over the seeds both ran.
+
+    The difference of the seven-task average is the mean over tasks of the per-task mean difference; its standard
+    error comes from the per-item differences (`sqrt(sum_t var(d_t) / n_t) / 7`), which is far smaller than the
+    standard error of either average when the two models agree on most items.
+    """
+    paired = []
+    for (ratio, layout, lora, other), ours, theirs, seeds in _pairs(groups, method):
+        means, variances, discordant = [], [], 0
+        for task in PAPER_TASKS:
+            differences = [
+                a - b
+                for seed in seeds
+                for a, b in zip(
+                    ours[seed]["zero_shot"][task]["items"]["acc"], theirs[seed]["zero_shot"][task]["items"]["acc"]
+                )
+            ]
+            means.append(statistics.fmean(differences))
+            variances.append(statistics.variance(differences) / len(differences))
+            discordant += sum(d != 0 for d in differences)
+        paired.append(
+            {
+                "ratio": ratio,
+                "layout": layout,
+                "lora": lora,
+                "baseline": other,
+                "seeds": seeds,
+                "items_per_task": len(differences),
+                "average_acc_diff": 100 * statistics.fmean(means),
+                "standard_error": 100 * math.sqrt(sum(variances)) / len(PAPER_TASKS),
+                "per_task_diff": {task: 100 * mean for task, mean in zip(PAPER_TASKS, means)},
+                "discordant_items": discordant,
+            }
+        )
     return paired
+
+
+def _paired(groups: dict[tuple, list[dict[str, Any]]], method: str = "hywia") -> list[dict[str, Any]]:
+    """`method` against every other pruned method, seed by seed (same calibration windows): differences of PPL/acc."""
+    return [
+        {
+            "ratio": ratio,
+            "layout": layout,
+            "lora": lora,
+            "baseline": other,
+            "seeds": seeds,
+            "ppl_ratio": [ours[s]["wiki_ppl"] / theirs[s]["wiki_ppl"] for s in seeds],
+            "average_acc_diff": [
+                100 * (ours[s]["zero_shot"]["average"]["acc"] - theirs[s]["zero_shot"]["average"]["acc"]) for s in seeds
+            ],
+        }
+        for (ratio, layout, lora, other), ours, theirs, seeds in _pairs(groups, method)
+    ]
 
 
 def _sort_key(key: tuple) -> tuple:
@@ -238,7 +304,7 @@ def _fmt(mean_spread: tuple[float, float], digits: int = 2) -> str:
     return f"{mean:.{digits}f}" + (f" ± {spread:.{digits}f}" if spread else "")
 
 
-def _markdown(rows: list[dict[str, Any]], summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
+def _table(rows: list[dict[str, Any]]) -> str:
     header = "| ratio | layout | method | seeds | params | Wiki PPL | " + " | ".join(TASK_LABELS.values()) + " | avg |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
@@ -247,6 +313,34 @@ def _markdown(rows: list[dict[str, Any]], summary: dict[str, Any], records: list
             f"| {row['ratio']:.0%} | {row['layout']} | {row['method']} | {len(row['seeds'])} | "
             f"{row['params'] / 1e6:.1f}M | {_fmt(row['wiki_ppl'])} | {accs} | **{_fmt(row['average'])}** |"
         )
+    return "\n".join(lines)
+
+
+def _accuracy_section(accuracy: dict[str, Any] | None) -> str:
+    if not accuracy:
+        return "(Not run: `--results benchmarks/results/quality_accuracy --limit N` fills it.)"
+    lines = [
+        f"The first {accuracy['limit']} items of each task, every item's score kept, so that HyWIA and each baseline "
+        "are compared on the same items (`acc`; the difference of the seven-task average with its standard error "
+        "from the per-item differences; a difference beyond about 2 standard errors is unlikely to be noise).",
+        "",
+        _table(accuracy["rows"]),
+        "",
+        "| ratio | layout | hywia vs | seeds | items per task | discordant items | "
+        "avg acc diff (pts, hywia − baseline) | ± SE | " + " | ".join(TASK_LABELS.values()) + " |",
+        "|" + "---|" * (8 + len(TASK_LABELS)),
+    ]
+    for row in accuracy["paired"]:
+        tasks = " | ".join(f"{row['per_task_diff'][task]:+.1f}" for task in PAPER_TASKS)
+        lines.append(
+            f"| {row['ratio']:.0%} | {row['layout']}{' + LoRA' if row['lora'] else ''} | {row['baseline']} | "
+            f"{len(row['seeds'])} | {row['items_per_task']} | {row['discordant_items']} | "
+            f"**{row['average_acc_diff']:+.2f}** | {row['standard_error']:.2f} | {tasks} |"
+        )
+    return "\n".join(lines)
+
+
+def _markdown(rows: list[dict[str, Any]], summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
     paired = [
         "| ratio | layout | hywia vs | seeds | PPL ratio per seed (< 1: hywia better) | avg acc diff per seed (pts) |",
         "|---|---|---|---|---|---|",
@@ -260,7 +354,8 @@ def _markdown(rows: list[dict[str, Any]], summary: dict[str, Any], records: list
             f"{len(row['seeds'])} | {ratios} ({wins}/{len(row['seeds'])} better) | {accs} |"
         )
     return RESULTS_TEMPLATE.format(
-        table="\n".join(lines),
+        table=_table(rows),
+        accuracy=_accuracy_section(summary["accuracy"]),
         paired="\n".join(paired),
         limit=summary["limit"],
         windows=summary["eval_windows"],
@@ -325,7 +420,11 @@ cancels; a PPL ratio below 1 means HyWIA's pruned model has the lower perplexity
 
 {paired}
 
-How to read it (docs/method.md §8 has the ablations on one set of gradient statistics behind these choices):
+## Paired accuracy, item by item
+
+{accuracy}
+
+## How to read it (docs/method.md §8 has the ablations on one set of gradient statistics behind these choices):
 
 - `hywia` is the shipped method: the learned blend trained on the distillation objective (KL to the dense model's
   next-token distributions). `hywia-lm` is the same blend trained on the causal-LM loss (the objective of the first
@@ -376,6 +475,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--eval-windows", type=int, default=20, help="512-token Wikipedia windows")
     parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--accuracy-results", default=str(ACCURACY_RESULTS), help="cache of the paired accuracy runs")
     parser.add_argument("--report", action="store_true", help="aggregate cached runs into docs/results.md")
     args = parser.parse_args()
     logging.set_verbosity_error()

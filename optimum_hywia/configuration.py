@@ -30,8 +30,9 @@ class HyWIAConfig:
             inside it lose a larger share.
         importance: `"hywia"` (fine- and coarse-grained Taylor scores fused by a learned attention module) or one of
             the single-granularity baselines `"element1"`, `"element2"`, `"vector"`, `"l2"`, `"random"`.
-        fine_estimator: fine-grained estimator fused by HyWIA: `"element1"` (first-order Taylor) or `"element2"`
-            (second order, Fisher diagonal).
+        fine_estimators: the fine-grained (per-weight) estimators HyWIA fuses with the coarse-grained `vector` one:
+            `"element1"` (first-order Taylor) and/or `"element2"` (second order, Fisher diagonal). Both by default:
+            the attention picks, per layer and module kind, the order and granularity it trusts.
         fusion_steps: optimisation steps of the end-to-end fusion training (one calibration batch each).
         fusion_learning_rate: Adam learning rate of the fusion module.
         fusion_hidden_size: width of the fusion attention's query/key space.
@@ -41,7 +42,8 @@ class HyWIAConfig:
             predicts) or `"lm"` (the causal-LM loss of the masked model: fit the calibration text). Encoders always use
             their masked self-distillation loss.
         fusion_alpha: a fixed fine-grained weight in [0, 1] for every slot instead of the learned blend (no fusion
-            training; an ablation: 1 ranks like the fine estimator, 0 like `vector` inside each slot).
+            training; an ablation, shared evenly by the fine estimators: 0 ranks like `vector`, and with one fine
+            estimator 1 ranks like it).
         group_kinds: which prunable groups to remove: `"attention"` (KV-head groups) and/or `"mlp"` (channels).
         layer_range: `[start, end)` decoder layers to prune. `None`: every layer for the `uniform` layout (so that
             all layers share one width and the vanilla config describes them); for `per_layer`, the first `n // 8`
@@ -70,7 +72,7 @@ class HyWIAConfig:
 
     pruning_ratio: float = 0.2
     importance: str = "hywia"
-    fine_estimator: str = "element1"
+    fine_estimators: tuple[str, ...] = FINE_ESTIMATORS
     fusion_steps: int = 16
     fusion_learning_rate: float = 0.05
     fusion_hidden_size: int = 8
@@ -96,6 +98,9 @@ class HyWIAConfig:
         if isinstance(self.group_kinds, str):
             self.group_kinds = (self.group_kinds,)
         self.group_kinds = _as_tuple("group_kinds", self.group_kinds, 'e.g. ["attention", "mlp"]')
+        if isinstance(self.fine_estimators, str):
+            self.fine_estimators = (self.fine_estimators,)
+        self.fine_estimators = _as_tuple("fine_estimators", self.fine_estimators, 'e.g. ["element1", "element2"]')
         self.fusion_temperature = _as_tuple("fusion_temperature", self.fusion_temperature, "e.g. [1.0, 0.05]")
         if self.layer_range is not None:
             self.layer_range = _as_tuple("layer_range", self.layer_range, "e.g. [2, 30], or null for the default")
@@ -113,7 +118,12 @@ class HyWIAConfig:
         if not 0.0 < self.pruning_ratio < 1.0:
             raise ValueError(f"pruning_ratio must be in (0, 1), got {self.pruning_ratio}: e.g. 0.2 removes 20%.")
         _check_choice("importance", self.importance, IMPORTANCE_METHODS)
-        _check_choice("fine_estimator", self.fine_estimator, FINE_ESTIMATORS)
+        if not self.fine_estimators or any(name not in FINE_ESTIMATORS for name in self.fine_estimators):
+            raise ValueError(
+                f"fine_estimators must be a non-empty subset of {list(FINE_ESTIMATORS)}, got {self.fine_estimators}."
+            )
+        if len(set(self.fine_estimators)) != len(self.fine_estimators):
+            raise ValueError(f"fine_estimators has duplicates: {self.fine_estimators}.")
         _check_choice("layout", self.layout, LAYOUTS)
         _check_choice("fusion_objective", self.fusion_objective, FUSION_OBJECTIVES)
         if not self.group_kinds or any(kind not in GROUP_KINDS for kind in self.group_kinds):
@@ -201,6 +211,9 @@ class HyWIAConfig:
         """Build a config from `hywia_config.json` content; unknown keys and wrong types get a `ValueError`."""
         if not isinstance(data, dict):
             raise ValueError(f"A HyWIAConfig is built from a dict (a JSON object), got {type(data).__name__}.")
+        if "fine_estimator" in data and "fine_estimators" not in data:  # older files: one fine estimator
+            data = {**data, "fine_estimators": [data["fine_estimator"]]}
+            del data["fine_estimator"]
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -222,7 +222,7 @@ class HyWIAPruner:
         seconds["gradients"] = time.perf_counter() - start
         if method != "hywia":
             return self._comparable(gradient_scores(method, statistics), group_sets), None
-        fine = gradient_scores(config.fine_estimator, statistics)
+        fine = [gradient_scores(name, statistics) for name in config.fine_estimators]
         coarse = gradient_scores("vector", statistics)
         start = time.perf_counter()
         fusion = HybridFusion(

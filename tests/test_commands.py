@@ -68,11 +68,12 @@ def test_prune_evaluate_recover_round_trip(workspace):
     result = cli(
         "prune", str(workspace / "base"), "-o", str(pruned), "--ratio", "0.3", "--layout", "per_layer",
         "--calibration-data", str(workspace / "text.txt"), "--samples", "8", "--sequence-length", "32",
-        "--fusion-steps", "2", "--fusion-objective", "lm",
+        "--fusion-steps", "2", "--fusion-objective", "lm", "--fine-estimators", "element2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "30.0% of decoder-layer parameters removed" in result.stdout
-    assert json.loads((pruned / "hywia_config.json").read_text())["fusion_objective"] == "lm"
+    saved = json.loads((pruned / "hywia_config.json").read_text())
+    assert saved["fusion_objective"] == "lm" and saved["fine_estimators"] == ["element2"]
     assert "HyWIA fusion training" in result.stderr  # progress bars
     report = json.loads((pruned / "hywia_report.json").read_text())
     assert report["layout"] == "per_layer" and (pruned / "README.md").is_file()

@@ -34,7 +34,9 @@ def test_round_trip_through_hywia_config_json(tmp_path):
         (dict(pruning_ratio=1.0), r"pruning_ratio must be in \(0, 1\)"),
         (dict(pruning_ratio="0.5"), "pruning_ratio must be a number"),
         (dict(importance="taylor"), "importance must be one of"),
-        (dict(fine_estimator="vector"), "fine_estimator must be one of"),
+        (dict(fine_estimators=("vector",)), "fine_estimators must be a non-empty subset"),
+        (dict(fine_estimators=()), "fine_estimators must be a non-empty subset"),
+        (dict(fine_estimators=("element1", "element1")), "duplicates"),
         (dict(layout="global"), "layout must be one of"),
         (dict(group_kinds=()), "group_kinds must be a non-empty subset"),
         (dict(group_kinds=("heads",)), "group_kinds must be a non-empty subset"),
@@ -67,6 +69,14 @@ def test_unknown_keys_and_bad_json_are_refused(tmp_path):
     (tmp_path / CONFIG_NAME).write_text(json.dumps({"pruning_ratio": 3}))
     with pytest.raises(ValueError, match="pruning_ratio must be in"):
         HyWIAConfig.from_pretrained(tmp_path)
+
+
+def test_fine_estimators_accept_a_name_and_older_files_with_one_fine_estimator():
+    assert HyWIAConfig().fine_estimators == ("element1", "element2")
+    assert HyWIAConfig(fine_estimators="element2").fine_estimators == ("element2",)
+    legacy = {**HyWIAConfig().to_dict(), "fine_estimator": "element1"}
+    del legacy["fine_estimators"]
+    assert HyWIAConfig.from_dict(legacy).fine_estimators == ("element1",)
 
 
 def test_default_layer_range_depends_on_layout():

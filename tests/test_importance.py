@@ -111,7 +111,7 @@ def _fusion(model, fine, coarse, layout="uniform"):
     config = HyWIAConfig(pruning_ratio=0.4, layout=layout)
     total = sum(gs.num_groups * gs.params_per_group for gs in group_sets)
     plan = plan_pruning(config, SPEC, model.config, group_sets, total)
-    return group_sets, HybridFusion(group_sets, fine, coarse, plan, num_layers=4, seed=0)
+    return group_sets, HybridFusion(group_sets, [fine], coarse, plan, num_layers=4, seed=0)
 
 
 def test_fusion_starts_as_an_even_blend_and_alpha_is_a_distribution(token_batch):
@@ -137,11 +137,60 @@ def test_fusion_starts_as_an_even_blend_and_alpha_is_a_distribution(token_batch)
     assert all(param.requires_grad for param in model.parameters())
 
 
+@pytest.mark.parametrize("layout", ["uniform", "per_layer"])
+def test_a_one_hot_blend_ranks_every_group_as_that_estimate_does(layout, token_batch):
+    """Each estimate brings its own slot level: trusting one estimate fully reproduces its selection exactly,
+    including how the per-layer budget is shared between layers and between attention and MLP."""
+    model = make_tiny_model("llama-gqa")
+    group_sets = build_group_sets(model, SPEC, range(4), KINDS)
+    statistics = GradientStatistics(group_sets)
+    statistics.collect(model, list(torch.split(token_batch, 4)), show_progress=False)
+    names = ("element1", "element2", "vector")
+    estimates = [gradient_scores(name, statistics) for name in names]
+    config = HyWIAConfig(pruning_ratio=0.4, layout=layout)
+    total = sum(gs.num_groups * gs.params_per_group for gs in group_sets)
+    plan = plan_pruning(config, SPEC, model.config, group_sets, total)
+    fusion = HybridFusion(group_sets, estimates[:2], estimates[2], plan, num_layers=4, seed=0)
+    assert fusion.module().shape == (len(group_sets), 3)
+    for index, estimate in enumerate(estimates):
+        one_hot = torch.zeros(len(group_sets), 3)
+        one_hot[:, index] = 1
+        fusion.alpha = lambda one_hot=one_hot: one_hot
+        with torch.no_grad():
+            fused = fusion.scores()
+        per_parameter = {
+            gs.key: estimate[gs.key] / (gs.params_per_group if layout == "per_layer" else 1) for gs in group_sets
+        }
+        expected = select_groups(per_parameter, group_sets, plan)
+        kept = select_groups({key: value.double() for key, value in fused.items()}, group_sets, plan)
+        assert all(torch.equal(kept[gs.key], expected[gs.key]) for gs in group_sets), names[index]
+
+
+def test_fixed_blend_is_shared_evenly_by_the_fine_estimates(token_batch):
+    model = make_tiny_model("llama-gqa")
+    group_sets = build_group_sets(model, SPEC, range(4), KINDS)
+    statistics = GradientStatistics(group_sets)
+    statistics.collect(model, list(torch.split(token_batch, 4)), show_progress=False)
+    fine = [gradient_scores(name, statistics) for name in ("element1", "element2")]
+    config = HyWIAConfig(pruning_ratio=0.4, layout="per_layer")
+    total = sum(gs.num_groups * gs.params_per_group for gs in group_sets)
+    plan = plan_pruning(config, SPEC, model.config, group_sets, total)
+    coarse = gradient_scores("vector", statistics)
+    fusion = HybridFusion(group_sets, fine, coarse, plan, num_layers=4, fixed_alpha=0.6)
+    torch.testing.assert_close(fusion.alpha(), torch.tensor([[0.3, 0.3, 0.4]]).expand(len(group_sets), -1))
+    result = fusion.train(model, [token_batch], steps=3, learning_rate=0.1, temperature=(1.0, 0.1))
+    assert result.losses == [] and all(a == pytest.approx((0.3, 0.3, 0.4)) for a in result.alpha.values())
+    with pytest.raises(ValueError, match="at least one fine-grained estimate"):
+        HybridFusion(group_sets, [], coarse, plan, num_layers=4)
+
+
 @pytest.mark.parametrize(
     ("layout", "objective"), [("uniform", "lm"), ("per_layer", "lm"), ("per_layer", "distillation")]
 )
 def test_fusion_learns_to_trust_the_estimate_that_keeps_the_loss_low(layout, objective):
-    """Fine scores are real Taylor scores; coarse ones are their inverse (they keep the least important groups).
+    """Fine scores are real Taylor scores; coarse ones rank every slot in reverse (they keep the least important
+    groups). For the per-layer layout they are the fine values permuted, so that both estimates give every slot the
+    same level and only the rankings differ.
 
     On a model that has learned a task, trained end to end, the attention must move the blend towards the fine
     estimate. (Uniform layout with the distillation objective is left out: on this toy model 16 steps move its MLP
@@ -154,6 +203,10 @@ def test_fusion_learns_to_trust_the_estimate_that_keeps_the_loss_low(layout, obj
     statistics.collect(model, batches, show_progress=False)
     fine = gradient_scores("element1", statistics)
     coarse = {key: 1.0 / value for key, value in fine.items()}
+    if layout == "per_layer":
+        for key, value in fine.items():
+            order = value.argsort()
+            coarse[key][order] = value[order].flip(0)
     _, fusion = _fusion(model, fine, coarse, layout)
     fusion.objective = objective
     with torch.no_grad():

@@ -116,8 +116,8 @@ def test_report_records_the_learned_blend_and_per_layer_widths(token_batch):
     report = pruner.report
     assert len(report.fusion_losses) == 3
     assert set(report.fusion_alpha) == {f"{layer}.{kind}" for layer in range(4) for kind in ("attention", "mlp")}
-    for fine, coarse in report.fusion_alpha.values():
-        assert fine + coarse == pytest.approx(1.0)
+    for alpha in report.fusion_alpha.values():  # element1, element2, vector
+        assert len(alpha) == 3 and sum(alpha) == pytest.approx(1.0)
     assert [layer["after"]["intermediate_size"] for layer in report.layers] == [
         len(report.kept_groups[f"{layer}.mlp"]) for layer in range(4)
     ]
@@ -225,13 +225,13 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_fixed_blend_extremes_rank_like_their_single_estimator(layout, token_batch):
-    """fusion_alpha=1 ranks exactly like the fine estimator (slot level included), 0 like vector inside each slot."""
+    """With one fine estimator, fusion_alpha=1 ranks exactly like it and 0 like vector (slot levels included)."""
     kept = {}
     for name, overrides in {
         "element1": dict(importance="element1"),
-        "alpha1": dict(importance="hywia", fusion_alpha=1.0),
+        "alpha1": dict(importance="hywia", fusion_alpha=1.0, fine_estimators=("element1",)),
         "vector": dict(importance="vector"),
-        "alpha0": dict(importance="hywia", fusion_alpha=0.0),
+        "alpha0": dict(importance="hywia", fusion_alpha=0.0, fine_estimators=("element1",)),
     }.items():
         pruner = HyWIAPruner(make_tiny_model("llama-gqa"), tiny_config(pruning_ratio=0.3, layout=layout, **overrides))
         pruner.prune(calibration_data=token_batch, show_progress=False)
@@ -240,5 +240,4 @@ def test_fixed_blend_extremes_rank_like_their_single_estimator(layout, token_bat
             assert not pruner.report.fusion_losses  # no training for a fixed blend
             assert all(alpha[0] == overrides["fusion_alpha"] for alpha in pruner.report.fusion_alpha.values())
     assert kept["alpha1"] == kept["element1"]
-    if layout == "uniform":  # per_layer: alpha 0 still takes its slot levels from the fine estimate
-        assert kept["alpha0"] == kept["vector"]
+    assert kept["alpha0"] == kept["vector"]

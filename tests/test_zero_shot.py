@@ -42,11 +42,15 @@ def test_bad_zero_shot_arguments_get_a_clear_error(kwargs, message):
 @pytest.mark.slow
 def test_dense_smollm2_scores_are_in_a_sane_range(smollm2):
     model, tokenizer = smollm2
-    results = evaluate_zero_shot(model, tokenizer, limit=30, batch_size=16)
+    results = evaluate_zero_shot(model, tokenizer, limit=30, batch_size=16, per_item=True)
     assert set(results) == {*PAPER_TASKS, "average"}
     for task in PAPER_TASKS:
         assert results[task]["n"] == 30
         assert 0.0 <= results[task]["acc"] <= 1.0
+        # per-item correctness, item by item, averages to the reported metrics
+        for metric, correct in results[task]["items"].items():
+            assert len(correct) == 30 and set(correct) <= {0, 1}
+            assert sum(correct) / 30 == pytest.approx(results[task][metric])
     # chance: PIQA 50%, ARC-e 25%, HellaSwag 25%; SmolLM2-135M is well above it on these
     assert results["piqa"]["acc"] >= 0.6
     assert results["arc_easy"]["acc"] >= 0.4

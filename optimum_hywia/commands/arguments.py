@@ -131,7 +131,12 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--ratio", type=ratio, help="share of decoder-layer parameters to remove (default: 0.2)")
     group.add_argument("--layout", choices=("uniform", "per_layer"), help="width layout (default: uniform)")
     group.add_argument("--importance", choices=IMPORTANCE_CHOICES, help="importance estimator (default: hywia)")
-    group.add_argument("--fine-estimator", choices=("element1", "element2"), help="HyWIA's fine-grained estimator")
+    group.add_argument(
+        "--fine-estimators",
+        nargs="+",
+        choices=("element1", "element2"),
+        help="fine-grained estimators HyWIA fuses with vector (default: element1 element2)",
+    )
     group.add_argument("--group-kinds", nargs="+", choices=("attention", "mlp"), help="what to prune (default: both)")
     group.add_argument("--layer-range", nargs=2, type=int, metavar=("START", "END"), help="prune layers [START, END)")
     group.add_argument("--samples", type=positive_int, help="calibration windows (default: 32)")

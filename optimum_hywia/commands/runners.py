@@ -80,7 +80,7 @@ def _hywia_config(args: argparse.Namespace, config_class: Any) -> Any:
         "pruning_ratio": args.ratio,
         "layout": args.layout,
         "importance": args.importance,
-        "fine_estimator": args.fine_estimator,
+        "fine_estimators": args.fine_estimators,
         "group_kinds": args.group_kinds,
         "layer_range": args.layer_range,
         "num_calibration_samples": args.samples,

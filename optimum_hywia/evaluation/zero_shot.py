@@ -105,7 +105,8 @@ def evaluate_zero_shot(
     tasks: Sequence[str] = PAPER_TASKS,
     limit: int | None = None,
     batch_size: int = 8,
-) -> dict[str, dict[str, float]]:
+    per_item: bool = False,
+) -> dict[str, dict[str, Any]]:
     """Zero-shot `acc` and `acc_norm` (as lm-eval defines them) of `model` on `tasks`.
 
     Args:
@@ -115,6 +116,9 @@ def evaluate_zero_shot(
         tasks: among `PAPER_TASKS`.
         limit: score only the first `limit` items of each task (a CPU budget); `None` for the whole split.
         batch_size: lm-eval's batch size.
+        per_item: also return, per task, `"items"`: `{"acc": [...], "acc_norm": [...]}`, 0/1 per item in item
+            order, so that two models can be compared item by item (a paired test is far more sensitive than
+            comparing two averages).
 
     Returns:
         `{task: {"acc", "acc_norm" (where lm-eval reports it), "n"}, "average": {"acc", "acc_norm"}}`; the average
@@ -144,7 +148,7 @@ def evaluate_zero_shot(
             task_manager=TaskManager(include_path=str(folder), include_defaults=False),
             limit=limit,
             num_fewshot=0,
-            log_samples=False,
+            log_samples=per_item,
             bootstrap_iters=0,
             random_seed=0,
             numpy_random_seed=0,
@@ -160,6 +164,9 @@ def evaluate_zero_shot(
         if "acc_norm,none" in metrics:
             row["acc_norm"] = float(metrics["acc_norm,none"])
         row["n"] = float(output["n-samples"][task]["effective"])
+        if per_item:
+            samples = sorted(output["samples"][task], key=lambda sample: sample["doc_id"])
+            row["items"] = {metric: [int(sample[metric]) for sample in samples] for metric in row if metric != "n"}
         results[task] = row
     results["average"] = {
         "acc": sum(results[t]["acc"] for t in tasks) / len(tasks),

@@ -1,18 +1,21 @@
 """Fusion of fine- and coarse-grained importance by attention, learned end to end (see docs/method.md).
 
-For every slot (one layer and group kind) the two estimates are made relative, `r_e = s_e / mean_slot(s_e)`, and
-blended by attention weights `alpha = softmax(q_slot . K_slot / sqrt(d))`, where `q_slot` is a learned query and the
-keys `K_slot,e = W phi_slot,e + b_e` come from statistics `phi` of each estimate in that slot. The blend `R = sum_e
-alpha_e r_e` ranks groups inside a slot; for the per-layer layout a slot's level, the fine-grained (per-weight)
-density `mean_slot(s_fine / params)`, makes slots comparable. The queries, `W` and `b` are trained through soft
-masks `sigmoid((log D - tau) / (T * std))` on the groups' outputs, at the target sparsity, to lower the calibration
-objective: by default the KL divergence from the dense model's next-token distributions (`fusion_objective`); the
-model's weights stay frozen.
+For every slot (one layer and group kind) each estimate (the fine-grained ones, then the coarse one) is made
+relative, `r_e = s_e / mean_slot(s_e)`, and the estimates are blended by attention weights `alpha = softmax(q_slot .
+K_slot / sqrt(d))`, where `q_slot` is a learned query and the keys `K_slot,e = W phi_slot,e + b_e` come from
+statistics `phi` of each estimate in that slot. The blend `R = sum_e alpha_e r_e` ranks groups inside a slot; for
+the per-layer layout each estimate also brings its slot level `lambda_e`, its importance per parameter in that slot
+(mean 1 over slots), and the density `D = sum_e alpha_e lambda_e r_e` makes slots comparable: with a one-hot blend
+HyWIA ranks every group exactly as that estimate's importance per parameter does. The queries, `W` and `b` are
+trained through soft masks `sigmoid((log D - tau) / (T * std))` on the groups' outputs, at the target sparsity, to
+lower the calibration objective: by default the KL divergence from the dense model's next-token distributions
+(`fusion_objective`); the model's weights stay frozen.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -60,7 +63,7 @@ def slot_features(estimates: list[torch.Tensor], depth: float, kind: str) -> tor
 
 
 class AttentionFusion(nn.Module):
-    """Attention over the two granularities: one learned query per slot, keys from each estimate's features."""
+    """Attention over the estimates: one learned query per slot, keys from each estimate's features."""
 
     def __init__(self, features: torch.Tensor, hidden_size: int = 8, seed: int = 0):
         super().__init__()
@@ -87,40 +90,44 @@ class AttentionFusion(nn.Module):
 class FusionResult:
     """Learned blend per slot, the fused scores, and the training history."""
 
-    alpha: dict[Key, tuple[float, float]]
+    alpha: dict[Key, tuple[float, ...]]
     scores: dict[Key, torch.Tensor]
     losses: list[float] = field(default_factory=list)
 
 
 class HybridFusion:
-    """Fuse `fine` and `coarse` scores of `group_sets` by `AttentionFusion`, trained against the LM loss."""
+    """Fuse the `fine` estimates and the `coarse` one of `group_sets` by `AttentionFusion`, trained end to end."""
 
     def __init__(
         self,
         group_sets: list[GroupSet],
-        fine: dict[Key, torch.Tensor],
+        fine: Sequence[dict[Key, torch.Tensor]],
         coarse: dict[Key, torch.Tensor],
         plan: PruningPlan,
         num_layers: int,
         hidden_size: int = 8,
         seed: int = 0,
         fixed_alpha: float | None = None,
-        extra: list[dict[Key, torch.Tensor]] | None = None,
         blend: str = "arithmetic",
         straight_through: bool = False,
         objective: str = "distillation",
     ):
+        if not fine:
+            raise ValueError("HybridFusion needs at least one fine-grained estimate.")
         self.group_sets = group_sets
         self.objective = objective
         self.fixed_alpha = fixed_alpha
+        self.num_fine = len(fine)
         self.plan = plan
         self.blend = blend
         self.straight_through = straight_through
-        estimates = [fine, coarse, *(extra or [])]
+        estimates = [*fine, coarse]
         self.relative = [torch.stack([relative(e[gs.key]) for e in estimates]).float() for gs in group_sets]
-        # slot level: fine-grained importance per parameter, scaled to mean 1 (only ratios between slots matter)
-        level = torch.tensor([float(fine[gs.key].sum()) / (gs.num_groups * gs.params_per_group) for gs in group_sets])
-        self.level = (level / level.mean().clamp_min(EPS)).tolist()
+        # slot levels: each estimate's importance per parameter, scaled to mean 1 over slots (only ratios matter)
+        levels = torch.tensor(
+            [[float(e[gs.key].sum()) / (gs.num_groups * gs.params_per_group) for e in estimates] for gs in group_sets]
+        )
+        self.levels = levels / levels.mean(0, keepdim=True).clamp_min(EPS)
         features = torch.stack(
             [
                 slot_features([e[gs.key] for e in estimates], gs.layer / max(num_layers - 1, 1), gs.kind)
@@ -130,24 +137,27 @@ class HybridFusion:
         self.module = AttentionFusion(features, hidden_size, seed)
 
     def alpha(self) -> torch.Tensor:
-        """Blend weights `[num_slots, 2]` (fine, coarse): learned by attention, or the fixed ablation blend."""
+        """Blend weights `[num_slots, num_estimates]` (the fine estimates, then the coarse one): learned by
+        attention, or the fixed ablation blend (`fixed_alpha` shared evenly by the fine estimates)."""
         if self.fixed_alpha is not None:
-            fixed = torch.zeros(self.relative[0].shape[0])
-            fixed[0], fixed[1] = self.fixed_alpha, 1 - self.fixed_alpha
+            fixed = torch.full((self.num_fine + 1,), self.fixed_alpha / self.num_fine)
+            fixed[-1] = 1 - self.fixed_alpha
             return fixed.expand(len(self.group_sets), -1)
         return self.module()
 
     def scores(self) -> dict[Key, torch.Tensor]:
-        """Fused scores (differentiable): relative blend, times the slot level for the per-layer layout."""
+        """Fused scores (differentiable): the relative blend, with the blended slot level for the per-layer layout."""
         alpha = self.alpha()
         fused = {}
         for i, group_set in enumerate(self.group_sets):
+            per_layer = self.plan.layout == "per_layer"
             if self.blend == "geometric":
                 blend = (alpha[i] @ self.relative[i].clamp_min(EPS).log()).exp()
                 blend = blend / blend.mean()
+                fused[group_set.key] = blend * (alpha[i] @ self.levels[i]) if per_layer else blend
             else:
-                blend = alpha[i] @ self.relative[i]
-            fused[group_set.key] = blend * self.level[i] if self.plan.layout == "per_layer" else blend
+                weights = alpha[i] * self.levels[i] if per_layer else alpha[i]
+                fused[group_set.key] = weights @ self.relative[i]
         return fused
 
     def soft_masks(self, scores: dict[Key, torch.Tensor], temperature: float) -> dict[Key, torch.Tensor]:
@@ -223,5 +233,5 @@ class HybridFusion:
         with torch.no_grad():
             alpha = self.alpha()
             scores = {key: value.detach().double() for key, value in self.scores().items()}
-        blend = {gs.key: (float(alpha[i, 0]), float(alpha[i, 1])) for i, gs in enumerate(self.group_sets)}
+        blend = {gs.key: tuple(float(a) for a in alpha[i]) for i, gs in enumerate(self.group_sets)}
         return FusionResult(blend, scores, losses)
