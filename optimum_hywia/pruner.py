@@ -69,7 +69,7 @@ class PruningReport:
     vanilla_config: bool
     layers: list[dict[str, Any]] = field(default_factory=list)
     kept_groups: dict[str, list[int]] = field(default_factory=dict)
-    fusion_alpha: dict[str, list[float]] = field(default_factory=dict)
+    fusion_alpha: dict[str, list[float]] = field(default_factory=dict)  # "layer.kind": fine_estimators..., vector
     fusion_losses: list[float] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
