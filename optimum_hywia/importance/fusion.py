@@ -148,9 +148,9 @@ class HybridFusion:
     def scores(self) -> dict[Key, torch.Tensor]:
         """Fused scores (differentiable): the relative blend, with the blended slot level for the per-layer layout."""
         alpha = self.alpha()
+        per_layer = self.plan.layout == "per_layer"
         fused = {}
         for i, group_set in enumerate(self.group_sets):
-            per_layer = self.plan.layout == "per_layer"
             if self.blend == "geometric":
                 blend = (alpha[i] @ self.relative[i].clamp_min(EPS).log()).exp()
                 blend = blend / blend.mean()
