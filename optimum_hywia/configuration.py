@@ -95,12 +95,10 @@ class HyWIAConfig:
     optimum_hywia_version: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
-        if isinstance(self.group_kinds, str):
-            self.group_kinds = (self.group_kinds,)
-        self.group_kinds = _as_tuple("group_kinds", self.group_kinds, 'e.g. ["attention", "mlp"]')
-        if isinstance(self.fine_estimators, str):
-            self.fine_estimators = (self.fine_estimators,)
-        self.fine_estimators = _as_tuple("fine_estimators", self.fine_estimators, 'e.g. ["element1", "element2"]')
+        self.group_kinds = _as_tuple("group_kinds", self.group_kinds, 'e.g. ["attention", "mlp"]', names=True)
+        self.fine_estimators = _as_tuple(
+            "fine_estimators", self.fine_estimators, 'e.g. ["element1", "element2"]', names=True
+        )
         self.fusion_temperature = _as_tuple("fusion_temperature", self.fusion_temperature, "e.g. [1.0, 0.05]")
         if self.layer_range is not None:
             self.layer_range = _as_tuple("layer_range", self.layer_range, "e.g. [2, 30], or null for the default")
@@ -118,18 +116,10 @@ class HyWIAConfig:
         if not 0.0 < self.pruning_ratio < 1.0:
             raise ValueError(f"pruning_ratio must be in (0, 1), got {self.pruning_ratio}: e.g. 0.2 removes 20%.")
         _check_choice("importance", self.importance, IMPORTANCE_METHODS)
-        if not self.fine_estimators or any(name not in FINE_ESTIMATORS for name in self.fine_estimators):
-            raise ValueError(
-                f"fine_estimators must be a non-empty subset of {list(FINE_ESTIMATORS)}, got {self.fine_estimators}."
-            )
-        if len(set(self.fine_estimators)) != len(self.fine_estimators):
-            raise ValueError(f"fine_estimators has duplicates: {self.fine_estimators}.")
+        _check_subset("fine_estimators", self.fine_estimators, FINE_ESTIMATORS)
         _check_choice("layout", self.layout, LAYOUTS)
         _check_choice("fusion_objective", self.fusion_objective, FUSION_OBJECTIVES)
-        if not self.group_kinds or any(kind not in GROUP_KINDS for kind in self.group_kinds):
-            raise ValueError(f"group_kinds must be a non-empty subset of {list(GROUP_KINDS)}, got {self.group_kinds}.")
-        if len(set(self.group_kinds)) != len(self.group_kinds):
-            raise ValueError(f"group_kinds has duplicates: {self.group_kinds}.")
+        _check_subset("group_kinds", self.group_kinds, GROUP_KINDS)
         for name in ("fusion_steps",):
             _check_number(name, getattr(self, name), int)
             if getattr(self, name) < 0:
@@ -268,7 +258,9 @@ def _is_local_path(name_or_path: str | os.PathLike) -> bool:
     )
 
 
-def _as_tuple(name: str, value: Any, example: str) -> tuple:
+def _as_tuple(name: str, value: Any, example: str, names: bool = False) -> tuple:
+    if names and isinstance(value, str):  # a single name stands for a one-element list
+        return (value,)
     if not isinstance(value, (list, tuple, range)):
         raise ValueError(f"{name} must be a list, {example}; got {value!r}.")
     return tuple(value)
@@ -278,6 +270,13 @@ def _check_number(name: str, value: Any, kind: type) -> None:
     allowed = (int, float) if kind is float else (int,)
     if isinstance(value, bool) or not isinstance(value, allowed):
         raise ValueError(f"{name} must be {'a number' if kind is float else 'an integer'}, got {value!r}.")
+
+
+def _check_subset(name: str, values: tuple, choices: tuple[str, ...]) -> None:
+    if not values or any(value not in choices for value in values):
+        raise ValueError(f"{name} must be a non-empty subset of {list(choices)}, got {values}.")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{name} has duplicates: {values}.")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
