@@ -11,7 +11,8 @@ Every run is cached as one JSON file under `--results` (default benchmarks/resul
 run in pieces; `--report` aggregates the cache into docs/results.md, benchmarks/results/quality.json and a PNG.
 Runs record every item's 0/1 score, so that the report can compare two methods item by item: a second cache with
 more items per task (`--accuracy-results`, default benchmarks/results/quality_accuracy/) feeds the paired accuracy
-section of the report.
+section of the report, and a third (`--broad-results`, default benchmarks/results/quality_broad_ppl/, run with
+`--limit 0 --eval-spread`) its perplexity on windows spread over the whole Wikipedia dump.
 
     .venv/bin/python benchmarks/quality.py --ratios 0.2 0.5 --methods dense element1 vector hywia --seeds 0
     .venv/bin/python benchmarks/quality.py --results benchmarks/results/quality_accuracy --limit 120 \
@@ -43,6 +44,7 @@ from optimum_hywia.evaluation.zero_shot import PAPER_TASKS, evaluate_zero_shot
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "quality"
 ACCURACY_RESULTS = ROOT / "benchmarks" / "results" / "quality_accuracy"
+BROAD_RESULTS = ROOT / "benchmarks" / "results" / "quality_broad_ppl"
 
 # method name -> HyWIAConfig fields; "dense" is the unpruned model
 METHODS: dict[str, dict[str, Any]] = {
@@ -116,13 +118,22 @@ def run_one(args: argparse.Namespace, dense, tokenizer, method, ratio, layout, s
     record["params"] = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     evaluation_text = "\n\n".join(wikipedia_texts())
     record["wiki_ppl"] = perplexity(
-        model, tokenizer, evaluation_text, sequence_length=512, max_windows=args.eval_windows, show_progress=False
+        model,
+        tokenizer,
+        evaluation_text,
+        sequence_length=512,
+        max_windows=args.eval_windows,
+        show_progress=False,
+        spread=args.eval_spread,
     )
-    record["zero_shot"] = evaluate_zero_shot(
-        model, tokenizer, limit=args.limit, batch_size=args.batch_size, per_item=True
-    )
+    record["zero_shot"] = None
+    if args.limit > 0:
+        record["zero_shot"] = evaluate_zero_shot(
+            model, tokenizer, limit=args.limit, batch_size=args.batch_size, per_item=True
+        )
     record["limit"] = args.limit
     record["eval_windows"] = args.eval_windows
+    record["eval_spread"] = args.eval_spread
     record["model"] = args.model
     return record
 
@@ -147,10 +158,10 @@ def run_matrix(args: argparse.Namespace) -> None:
                         torch.manual_seed(seed)
                         record = run_one(args, dense, tokenizer, method, ratio, layout, seed, lora)
                         path.write_text(json.dumps(record, indent=1) + "\n")
-                        average = record["zero_shot"]["average"]["acc"]
+                        accuracy = record["zero_shot"] and f"{100 * record['zero_shot']['average']['acc']:5.2f}"
                         print(
                             f"{key:<34} params {record['params']:>12,}  PPL {record['wiki_ppl']:9.2f}  "
-                            f"avg acc {100 * average:5.2f}  ({record['prune_seconds']:.0f} s prune)",
+                            f"avg acc {accuracy or '-'}  ({record['prune_seconds']:.0f} s prune)",
                             flush=True,
                         )
 
@@ -208,17 +219,57 @@ def write_report(args: argparse.Namespace) -> None:
             "rows": _rows(_group(accuracy_records)),
             "paired": _item_paired(_group(accuracy_records)),
         }
+    broad_records = _load(args.broad_results)
+    broad = _broad_summary(broad_records, records) if broad_records else None
     summary = {
         "limit": records[0]["limit"],
         "eval_windows": records[0]["eval_windows"],
         "rows": rows,
         "paired": _paired(groups),
         "accuracy": accuracy,
+        "broad_ppl": broad,
     }
     (ROOT / "benchmarks" / "results" / "quality.json").write_text(json.dumps(summary, indent=1) + "\n")
     _plot(rows, ROOT / "docs" / "results_quality.png")
     (ROOT / "docs" / "results.md").write_text(_markdown(rows, summary, records))
     print((ROOT / "docs" / "results.md").read_text())
+
+
+def _broad_summary(records: list[dict[str, Any]], main_records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Spread-perplexity runs, and how many of them pruned to the same layer widths as their main-table run."""
+    groups = _group(records)
+    main = {_record_key(r): r for r in main_records}
+    same_widths = sum(
+        _record_key(r) in main and main[_record_key(r)].get("layer_widths") == r.get("layer_widths") for r in records
+    )
+    rows = []
+    for (ratio, layout, method, _), runs in sorted(groups.items(), key=lambda item: _sort_key(item[0])):
+        runs = sorted(runs, key=lambda r: r["seed"])
+        ppl = [r["wiki_ppl"] for r in runs]
+        rows.append(
+            {
+                "ratio": ratio,
+                "layout": layout,
+                "method": method,
+                "seeds": [r["seed"] for r in runs],
+                "per_seed": ppl,
+                "wiki_ppl": _mean_spread(ppl),
+            }
+        )
+    windows = records[0]["eval_windows"]
+    return {
+        "windows": windows,
+        "tokens": 512 * windows,
+        "main_windows": main_records[0]["eval_windows"],
+        "runs": len(records),
+        "same_widths": same_widths,
+        "rows": rows,
+        "paired": _paired(groups),
+    }
+
+
+def _record_key(record: dict[str, Any]) -> str:
+    return run_key(record["method"], record["ratio"], record["layout"], record["seed"], record["lora"])
 
 
 def _pairs(groups: dict[tuple, list[dict[str, Any]]], method: str):
@@ -277,20 +328,22 @@ def _item_paired(groups: dict[tuple, list[dict[str, Any]]], method: str = "hywia
 
 def _paired(groups: dict[tuple, list[dict[str, Any]]], method: str = "hywia") -> list[dict[str, Any]]:
     """`method` against every other pruned method, seed by seed (same calibration windows): differences of PPL/acc."""
-    return [
-        {
+    paired = []
+    for (ratio, layout, lora, other), ours, theirs, seeds in _pairs(groups, method):
+        row = {
             "ratio": ratio,
             "layout": layout,
             "lora": lora,
             "baseline": other,
             "seeds": seeds,
             "ppl_ratio": [ours[s]["wiki_ppl"] / theirs[s]["wiki_ppl"] for s in seeds],
-            "average_acc_diff": [
-                100 * (ours[s]["zero_shot"]["average"]["acc"] - theirs[s]["zero_shot"]["average"]["acc"]) for s in seeds
-            ],
         }
-        for (ratio, layout, lora, other), ours, theirs, seeds in _pairs(groups, method)
-    ]
+        if all(ours[s]["zero_shot"] and theirs[s]["zero_shot"] for s in seeds):
+            row["average_acc_diff"] = [
+                100 * (ours[s]["zero_shot"]["average"]["acc"] - theirs[s]["zero_shot"]["average"]["acc"]) for s in seeds
+            ]
+        paired.append(row)
+    return paired
 
 
 def _sort_key(key: tuple) -> tuple:
@@ -340,23 +393,54 @@ def _accuracy_section(accuracy: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-def _markdown(rows: list[dict[str, Any]], summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
-    paired = [
-        "| ratio | layout | hywia vs | seeds | PPL ratio per seed (< 1: hywia better) | avg acc diff per seed (pts) |",
+def _paired_table(paired: list[dict[str, Any]]) -> str:
+    with_accuracy = bool(paired) and all("average_acc_diff" in row for row in paired)
+    lines = [
+        "| ratio | layout | hywia vs | seeds | PPL ratio per seed (< 1: hywia better) |"
+        + (" avg acc diff per seed (pts) |" if with_accuracy else ""),
+        "|---|---|---|---|---|" + ("---|" if with_accuracy else ""),
+    ]
+    for row in paired:
+        ratios = ", ".join(f"{value:.3f}" for value in row["ppl_ratio"])
+        wins = sum(value < 1 for value in row["ppl_ratio"])
+        line = (
+            f"| {row['ratio']:.0%} | {row['layout']}{' + LoRA' if row['lora'] else ''} | {row['baseline']} | "
+            f"{len(row['seeds'])} | {ratios} ({wins}/{len(row['seeds'])} better) |"
+        )
+        if with_accuracy:
+            line += " " + ", ".join(f"{value:+.1f}" for value in row["average_acc_diff"]) + " |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _broad_section(broad: dict[str, Any] | None) -> str:
+    if not broad:
+        return "(Not run: `--results benchmarks/results/quality_broad_ppl --limit 0 --eval-spread` fills it.)"
+    lines = [
+        f"{broad['windows']} windows × 512 tokens evenly spaced over the whole gensim Wikipedia dump "
+        f"({broad['tokens']:,} tokens, every part of the dump) instead of its first {broad['main_windows']} windows "
+        f"(a few articles), perplexity only. The runs are deterministic per seed: {broad['same_widths']} of these "
+        f"{broad['runs']} runs pruned to exactly the layer widths of their run in the main table.",
+        "",
+        "| ratio | layout | method | seeds | Wiki PPL per seed | mean ± half-range |",
         "|---|---|---|---|---|---|",
     ]
-    for row in summary["paired"]:
-        ratios = ", ".join(f"{value:.3f}" for value in row["ppl_ratio"])
-        accs = ", ".join(f"{value:+.1f}" for value in row["average_acc_diff"])
-        wins = sum(value < 1 for value in row["ppl_ratio"])
-        paired.append(
-            f"| {row['ratio']:.0%} | {row['layout']}{' + LoRA' if row['lora'] else ''} | {row['baseline']} | "
-            f"{len(row['seeds'])} | {ratios} ({wins}/{len(row['seeds'])} better) | {accs} |"
+    for row in broad["rows"]:
+        values = ", ".join(f"{value:.2f}" for value in row["per_seed"])
+        mean, spread = row["wiki_ppl"]
+        lines.append(
+            f"| {row['ratio']:.0%} | {row['layout']} | {row['method']} | {len(row['seeds'])} | {values} | "
+            f"{mean:.2f} ± {spread:.2f} |"
         )
+    return "\n".join([*lines, "", _paired_table(broad["paired"])])
+
+
+def _markdown(rows: list[dict[str, Any]], summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
     return RESULTS_TEMPLATE.format(
         table=_table(rows),
         accuracy=_accuracy_section(summary["accuracy"]),
-        paired="\n".join(paired),
+        broad=_broad_section(summary["broad_ppl"]),
+        paired=_paired_table(summary["paired"]),
         limit=summary["limit"],
         windows=summary["eval_windows"],
         model=records[0]["model"],
@@ -420,6 +504,10 @@ cancels; a PPL ratio below 1 means HyWIA's pruned model has the lower perplexity
 
 {paired}
 
+## Perplexity over the whole Wikipedia dump
+
+{broad}
+
 ## Paired accuracy, item by item
 
 {accuracy}
@@ -434,15 +522,19 @@ docs/method.md §8 has the ablations on one set of gradient statistics behind th
   element1 and element2) and vector 1 − α, with no training: what the learned blend adds. Runs of the first
   formulation (element1 + vector, fine-estimate levels; commit b15a844), including the LM-objective blend
   `hywia-lm`, are kept in `benchmarks/results/quality_v1/`.
-- Perplexity is the reliable column at this budget, and the paired table is the sharper test (same calibration
-  windows per seed). At **50%** HyWIA beats every single-granularity baseline at every seed and far beyond the
-  seed spread: 310 ± 26 against element1's 417 ± 14, vector's 665 ± 232 and element2's 890 ± 62. Every fixed blend
-  is far worse (571-878): the gain comes from the learned, per-slot blend.
-- At **20%** HyWIA is lower than element1 and vector at every seed (51.70 ± 1.41 against 52.97 ± 1.04 and
-  63.24 ± 1.35) and its mean is lower than element2's (51.97 ± 0.05), but it beats element2 at only one of three
-  seeds (PPL ratios 0.965, 1.018, 1.002): against element2 at 20% this is a tie within the seed spread, not a win.
-  element2 keeps every KV group at 20% (HyWIA removes 7-12 of 90) and is remarkably steady across calibration seeds;
-  at 50% the same ranking collapses (890).
+- Perplexity is the reliable column at this budget, the paired tables are the sharper test (same calibration
+  windows per seed), and the spread-window section is the broader one: the main table's 20 windows are the first
+  10,240 tokens of the dump, a few articles; the spread section scores 51,200 tokens from every part of it. At
+  **50%** HyWIA beats every single-granularity baseline at every seed and far beyond the seed spread on both: on
+  the spread windows 272 ± 20 against element1's 373 ± 43, vector's 672 ± 309 and element2's 742 ± 68 (first
+  windows: 310 ± 26 against 417, 665 and 890). Every fixed blend is far worse (571-878 on the first windows): the
+  gain comes from the learned, per-slot blend.
+- At **20%** HyWIA beats element1 and vector at every seed on both measures (spread: 47.23 ± 0.63 against
+  48.67 ± 0.45 and 52.53 ± 0.67). Against **element2 it loses**: on the first windows the two looked tied (51.70 ±
+  1.41 against 51.97 ± 0.05; PPL ratios 0.965, 1.018, 1.002), but over the whole dump element2 is lower at every
+  seed (46.27 ± 0.37; ratios 1.011, 1.029, 1.022). element2 keeps every KV group at 20% (HyWIA removes 7-12 of 90)
+  and collapses at 50% (742). docs/method.md §8 has the diagnosis: HyWIA's model is the better one on the
+  calibration domain, on held-out passages of it included, and element2's on Wikipedia (`benchmarks/domain_gap.py`).
 - Uniform layout (every layer pruned to the same widths, seed 0): HyWIA 98.2 / 927.2 against element1's 1725 /
   13660 at 20% / 50%: ranking inside each slot without a per-layer budget is where element1 fails worst.
 - LoRA recovery (seed 0) keeps the order: HyWIA 48.20 against element1's 49.27 at 20%, 235.73 against 311.01 at 50%.
@@ -468,6 +560,8 @@ Reproduce (resumable; each run is cached under `benchmarks/results/quality/`):
 .venv/bin/python benchmarks/quality.py --ratios 0.2 0.5 --methods hywia element1 --lora
 .venv/bin/python benchmarks/quality.py --results benchmarks/results/quality_accuracy --limit 100 \\
     --methods hywia element1 element2 vector
+.venv/bin/python benchmarks/quality.py --results benchmarks/results/quality_broad_ppl --limit 0 --eval-windows 100 \\
+    --eval-spread --seeds 0 1 2 --methods element2 element1 vector hywia
 .venv/bin/python benchmarks/quality.py --report
 ```
 """
@@ -484,11 +578,15 @@ def main() -> None:
     parser.add_argument("--lora-steps", type=int, default=60)
     parser.add_argument("--samples", type=int, default=32, help="calibration windows")
     parser.add_argument("--sequence-length", type=int, default=128)
-    parser.add_argument("--limit", type=int, default=30, help="items per zero-shot task")
+    parser.add_argument("--limit", type=int, default=30, help="items per zero-shot task (0: perplexity only)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--eval-windows", type=int, default=20, help="512-token Wikipedia windows")
+    parser.add_argument(
+        "--eval-spread", action="store_true", help="evaluation windows evenly spaced over the dump, not its first ones"
+    )
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--accuracy-results", default=str(ACCURACY_RESULTS), help="cache of the paired accuracy runs")
+    parser.add_argument("--broad-results", default=str(BROAD_RESULTS), help="cache of the spread-perplexity runs")
     parser.add_argument("--report", action="store_true", help="aggregate cached runs into docs/results.md")
     args = parser.parse_args()
     logging.set_verbosity_error()

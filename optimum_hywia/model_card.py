@@ -237,7 +237,7 @@ def _evaluation_section(evaluation: dict | None) -> str:
         for dataset, result in perplexity.items():
             lines.append(
                 f"| {dataset} | {result['perplexity']:.2f} | {result.get('sequence_length', '')} | "
-                f"{result.get('windows', '')} |"
+                f"{result.get('windows', '')}{', spread' if result.get('spread') else ''} |"
             )
         lines.append("")
     zero_shot = evaluation.get("zero_shot") or {}

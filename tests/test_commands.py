@@ -80,14 +80,15 @@ def test_prune_evaluate_recover_round_trip(workspace):
 
     result = cli(
         "evaluate", str(pruned), "--text", str(workspace / "text.txt"), "--sequence-length", "32",
-        "--max-windows", "4", "--json", str(workspace / "eval.json"), "--quiet",
+        "--max-windows", "4", "--spread", "--json", str(workspace / "eval.json"), "--quiet",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     value = json.loads((workspace / "eval.json").read_text())["perplexity"]["text.txt"]["perplexity"]
     assert f"perplexity  text.txt: {value:.3f}" in result.stdout and 1 < value < 1000
     saved = json.loads((pruned / "hywia_evaluation.json").read_text())
     assert saved["perplexity"]["text.txt"]["perplexity"] == value
-    assert f"| text.txt | {value:.2f} | 32 | 4 |" in (pruned / "README.md").read_text()
+    assert saved["perplexity"]["text.txt"]["spread"] is True
+    assert f"| text.txt | {value:.2f} | 32 | 4, spread |" in (pruned / "README.md").read_text()
 
     result = cli(
         "recover", str(pruned), "-o", str(recovered), "--data", str(workspace / "instructions.jsonl"),

@@ -93,6 +93,21 @@ def test_perplexity_equals_the_mean_window_loss():
     assert not model.training
 
 
+def test_spread_windows_sample_the_whole_text():
+    model = make_tiny_model("llama-gqa")
+    ids = torch.randint(3, VOCAB, (10 * 32 + 5,), generator=torch.Generator().manual_seed(1))
+    windows = ids[:320].view(10, 32)
+
+    def score(text, **kwargs):
+        return perplexity(model, text=text, sequence_length=32, show_progress=False, **kwargs)
+
+    # 3 windows out of 10, evenly spaced: the first, the middle one (round(4.5) = 4) and the last
+    assert score(ids, max_windows=3, spread=True) == pytest.approx(score(windows[[0, 4, 9]].flatten()), rel=1e-6)
+    assert score(ids, max_windows=3) == pytest.approx(score(windows[:3].flatten()), rel=1e-6)
+    assert score(ids, max_windows=10, spread=True) == pytest.approx(score(ids), rel=1e-6)
+    assert score(ids, max_windows=50, spread=True) == pytest.approx(score(ids), rel=1e-6)
+
+
 @pytest.mark.parametrize(
     "text, kwargs, message",
     [

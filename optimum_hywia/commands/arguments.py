@@ -175,6 +175,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--sequence-length", type=positive_int, default=512, help="tokens per window (default: 512)")
     group.add_argument("--max-windows", type=positive_int, default=20, help="windows to score (default: 20)")
+    group.add_argument(
+        "--spread", action="store_true", help="score windows evenly spaced over the whole text, not its first ones"
+    )
     group = parser.add_argument_group("zero-shot accuracy (lm-evaluation-harness)")
     group.add_argument(
         "--tasks", nargs="+", default=[], metavar="TASK", help=f"'all' or some of: {', '.join(TASK_CHOICES)}"

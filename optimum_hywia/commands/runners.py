@@ -159,7 +159,8 @@ def _perplexity(model, tokenizer, source: str, sequence_length: int, max_windows
         text, name = Path(source).read_text(encoding="utf-8"), Path(source).name
     else:
         raise CommandError(f"--text {source!r} is neither 'wikipedia', 'wikitext2' nor an existing text file.")
-    _say(args, f"Perplexity on {name}: {max_windows} windows of {sequence_length} tokens")
+    where = "evenly spaced over the text" if args.spread else "from the start of the text"
+    _say(args, f"Perplexity on {name}: {max_windows} windows of {sequence_length} tokens, {where}")
     value = perplexity(
         model,
         tokenizer,
@@ -167,8 +168,10 @@ def _perplexity(model, tokenizer, source: str, sequence_length: int, max_windows
         sequence_length=sequence_length,
         max_windows=max_windows,
         show_progress=not args.quiet,
+        spread=args.spread,
     )
-    return {name: {"perplexity": value, "sequence_length": sequence_length, "windows": max_windows}}
+    result = {"perplexity": value, "sequence_length": sequence_length, "windows": max_windows, "spread": args.spread}
+    return {name: result}
 
 
 def _save_results(folder: Path, results: dict[str, Any]) -> None:

@@ -46,12 +46,14 @@ def perplexity(
     max_windows: int | None = None,
     batch_size: int = 1,
     show_progress: bool = True,
+    spread: bool = False,
 ) -> float:
     """exp(total NLL / predicted tokens) over consecutive `sequence_length`-token windows, each scored on its own.
 
     `text`: a string, a list of strings (joined by blank lines), a text file path, a `datasets.Dataset` (its `text`
     column, else its first string column) or token ids. The first token of each window has no target; a tail
-    shorter than one window is dropped, and `max_windows` keeps only the first windows.
+    shorter than one window is dropped. `max_windows` keeps only the first windows, or with `spread=True` windows
+    evenly spaced over the whole text (a sample of every part of a corpus rather than its first documents).
     """
     if sequence_length < 2 or batch_size < 1 or (max_windows is not None and max_windows < 1):
         raise ValueError(
@@ -59,15 +61,18 @@ def perplexity(
             f"{batch_size} and {max_windows}."
         )
     ids = _token_ids(text, tokenizer)
-    num_windows = len(ids) // sequence_length
-    if max_windows is not None:
-        num_windows = min(num_windows, max_windows)
-    if num_windows < 1:
+    available = len(ids) // sequence_length
+    if available < 1:
         raise ValueError(
             f"The text has {len(ids)} tokens, fewer than one window of sequence_length={sequence_length}: pass more "
             "text or lower sequence_length."
         )
-    windows = ids[: num_windows * sequence_length].view(num_windows, sequence_length)
+    windows = ids[: available * sequence_length].view(available, sequence_length)
+    if max_windows is not None and max_windows < available:
+        if spread:
+            windows = windows[torch.linspace(0, available - 1, max_windows).round().long()]
+        else:
+            windows = windows[:max_windows]
     device = execution_device(model)
     was_training = model.training
     model.eval()
