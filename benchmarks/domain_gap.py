@@ -32,6 +32,7 @@ from transformers.utils import logging
 from optimum_hywia import HyWIAConfig, HyWIAPruner
 from optimum_hywia.data import prepare_calibration_data, wikipedia_texts
 from optimum_hywia.data.models import SMOLLM2_HUB_ID, model_source
+from optimum_hywia.evaluation.perplexity import token_windows
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -39,11 +40,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def texts(tokenizer, seed: int, samples: int, heldout_windows: int, wiki_windows: int) -> dict[str, torch.Tensor]:
     calibration, heldout = calibration_and_recovery_text()
     wiki = tokenizer("\n\n".join(wikipedia_texts()), add_special_tokens=False)["input_ids"]
-    wiki = torch.tensor(wiki[: len(wiki) // 512 * 512]).view(-1, 512)
     return {
         "calibration": prepare_calibration_data(calibration, tokenizer, samples, 128, seed),
         "heldout": prepare_calibration_data(heldout, tokenizer, heldout_windows, 128, seed),
-        "wikipedia": wiki[torch.linspace(0, len(wiki) - 1, wiki_windows).round().long()],
+        "wikipedia": token_windows(torch.tensor(wiki), 512, wiki_windows, spread=True),
     }
 
 

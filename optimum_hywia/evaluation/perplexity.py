@@ -38,6 +38,25 @@ def _token_ids(text: Any, tokenizer: Any) -> torch.Tensor:
     return torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
 
 
+def token_windows(
+    ids: torch.Tensor, sequence_length: int, max_windows: int | None = None, spread: bool = False
+) -> torch.Tensor:
+    """`[n, sequence_length]` consecutive non-overlapping windows of a 1-D token stream (a short tail is dropped):
+    all of them, the first `max_windows`, or with `spread=True` `max_windows` of them evenly spaced over the stream."""
+    available = len(ids) // sequence_length
+    if available < 1:
+        raise ValueError(
+            f"The text has {len(ids)} tokens, fewer than one window of sequence_length={sequence_length}: pass more "
+            "text or lower sequence_length."
+        )
+    windows = ids[: available * sequence_length].view(available, sequence_length)
+    if max_windows is None or max_windows >= available:
+        return windows
+    if spread:
+        return windows[torch.linspace(0, available - 1, max_windows).round().long()]
+    return windows[:max_windows]
+
+
 def perplexity(
     model: torch.nn.Module,
     tokenizer: Any = None,
@@ -60,19 +79,7 @@ def perplexity(
             f"Need sequence_length >= 2, batch_size >= 1 and max_windows >= 1 (or None), got {sequence_length}, "
             f"{batch_size} and {max_windows}."
         )
-    ids = _token_ids(text, tokenizer)
-    available = len(ids) // sequence_length
-    if available < 1:
-        raise ValueError(
-            f"The text has {len(ids)} tokens, fewer than one window of sequence_length={sequence_length}: pass more "
-            "text or lower sequence_length."
-        )
-    windows = ids[: available * sequence_length].view(available, sequence_length)
-    if max_windows is not None and max_windows < available:
-        if spread:
-            windows = windows[torch.linspace(0, available - 1, max_windows).round().long()]
-        else:
-            windows = windows[:max_windows]
+    windows = token_windows(_token_ids(text, tokenizer), sequence_length, max_windows, spread)
     device = execution_device(model)
     was_training = model.training
     model.eval()
