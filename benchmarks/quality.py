@@ -534,7 +534,9 @@ docs/method.md §8 has the ablations on one set of gradient statistics behind th
   1.41 against 51.97 ± 0.05; PPL ratios 0.965, 1.018, 1.002), but over the whole dump element2 is lower at every
   seed (46.27 ± 0.37; ratios 1.011, 1.029, 1.022). element2 keeps every KV group at 20% (HyWIA removes 7-12 of 90)
   and collapses at 50% (742). docs/method.md §8 has the diagnosis: HyWIA's model is the better one on the
-  calibration domain, on held-out passages of it included, and element2's on Wikipedia (`benchmarks/domain_gap.py`).
+  calibration domain, on held-out passages of it included, and element2's on Wikipedia (`benchmarks/domain_gap.py`);
+  and the gap is in the MLP channels: at equal counts element2's channel choice is the better one on every text,
+  the calibration text included, but the learned MLP blend trusts element1 whatever text it is trained on.
 - Uniform layout (every layer pruned to the same widths, seed 0): HyWIA 98.2 / 927.2 against element1's 1725 /
   13660 at 20% / 50%: ranking inside each slot without a per-layer budget is where element1 fails worst.
 - LoRA recovery (seed 0) keeps the order: HyWIA 48.20 against element1's 49.27 at 20%, 235.73 against 311.01 at 50%.
