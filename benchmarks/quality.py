@@ -51,6 +51,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "dense": {},
     "random": {"importance": "random"},
     "l2": {"importance": "l2"},
+    "wanda-sp": {"importance": "wanda_sp"},
     "element1": {"importance": "element1"},
     "element2": {"importance": "element2"},
     "vector": {"importance": "vector"},

@@ -12,7 +12,7 @@ from typing import Any
 
 CONFIG_NAME = "hywia_config.json"
 
-IMPORTANCE_METHODS = ("hywia", "element1", "element2", "vector", "l2", "random")
+IMPORTANCE_METHODS = ("hywia", "element1", "element2", "vector", "l2", "random", "wanda_sp")
 FINE_ESTIMATORS = ("element1", "element2")
 FUSION_OBJECTIVES = ("distillation", "lm")
 GROUP_KINDS = ("attention", "mlp")
@@ -29,7 +29,9 @@ class HyWIAConfig:
             weights of *all* decoder layers) to remove. Layers outside `layer_range` are kept whole, so the layers
             inside it lose a larger share.
         importance: `"hywia"` (fine- and coarse-grained Taylor scores fused by a learned attention module) or one of
-            the single-granularity baselines `"element1"`, `"element2"`, `"vector"`, `"l2"`, `"random"`.
+            the single-granularity baselines `"element1"`, `"element2"`, `"vector"`, `"l2"`, `"random"`, or the
+            activation-based structured baseline `"wanda_sp"` (FLAP's Wanda-sp: `|W| * ||X||` summed over the input
+            columns of `o_proj`/`down_proj`, forward passes only).
         fine_estimators: the fine-grained (per-weight) estimators HyWIA fuses with the coarse-grained `vector` one:
             `"element1"` (first-order Taylor) and/or `"element2"` (second order, Fisher diagonal). Both by default:
             the attention picks, per layer and module kind, the order and granularity it trusts.
@@ -50,7 +52,7 @@ class HyWIAConfig:
             and the last `round(n / 16)` layers are kept whole (LLM-Pruner keeps layers 0-3 and 30-31 of LLaMA-7B).
         layout: `"uniform"` (the same widths in every pruned layer; loads with vanilla transformers) or
             `"per_layer"` (one global ranking; widths differ per layer; loads with `trust_remote_code=True`).
-        num_calibration_samples: calibration windows used for gradients and fusion training.
+        num_calibration_samples: calibration windows used for gradients and fusion training (or activations).
         calibration_sequence_length: tokens per calibration window.
         calibration_batch_size: windows per forward/backward pass.
         round_to: kept MLP widths are rounded to a multiple of this (GEMM-friendly shapes), in both layouts; a layer

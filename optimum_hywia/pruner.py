@@ -32,6 +32,7 @@ from .distributed import (
     summed_gradients,
 )
 from .groups import GroupSet, build_group_sets, decoder_layers
+from .importance.activations import ActivationStatistics, activation_scores
 from .importance.estimators import gradient_scores, weight_scores
 from .importance.fusion import HybridFusion
 from .importance.statistics import GradientStatistics
@@ -208,6 +209,13 @@ class HyWIAPruner:
             vocab_size=model.get_input_embeddings().num_embeddings,
         )
         batches = list(torch.split(samples, config.calibration_batch_size))
+        if method == "wanda_sp":  # forward passes only (no gradient memory); every rank runs every batch
+            start = time.perf_counter()
+            activations = ActivationStatistics(group_sets)
+            progress = show_progress and distributed_world()[0] == 0
+            activations.collect(model, batches, progress, config.calibration_micro_batch_size, config.autocast_dtype)
+            seconds["activations"] = time.perf_counter() - start
+            return self._comparable(activation_scores(activations), group_sets), None
         self._check_memory(group_sets, show_progress)
         rank, world_size = distributed_world()
         show_progress = show_progress and rank == 0

@@ -10,7 +10,13 @@ from conftest import run_python
 
 TESTS_DIR = Path(__file__).parent
 
-CASES = [("hywia", "uniform"), ("hywia", "per_layer"), ("element1", "per_layer"), ("element2", "uniform")]
+CASES = [
+    ("hywia", "uniform"),
+    ("hywia", "per_layer"),
+    ("element1", "per_layer"),
+    ("element2", "uniform"),
+    ("wanda_sp", "per_layer"),  # forward passes only: every rank runs every batch
+]
 
 SCRIPT = """
 import json, sys, tempfile, os

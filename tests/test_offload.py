@@ -122,7 +122,7 @@ def test_offloaded_model_prunes_and_saves_like_the_resident_one(
     torch.testing.assert_close(reloaded_logits(folder, not offloaded.report.vanilla_config), expected)
 
 
-@pytest.mark.parametrize("importance", ["element1", "vector", "l2", "random"])
+@pytest.mark.parametrize("importance", ["element1", "vector", "l2", "random", "wanda_sp"])
 def test_every_other_importance_keeps_the_same_groups(checkpoints, importance, token_batch, tmp_path):
     config = tiny_config(pruning_ratio=0.3, importance=importance, layout="per_layer")
     (resident, expected), (offloaded, logits) = prune_both(checkpoints, "llama-mha", config, token_batch, tmp_path)

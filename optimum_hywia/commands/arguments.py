@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-IMPORTANCE_CHOICES = ("hywia", "element1", "element2", "vector", "l2", "random")
+IMPORTANCE_CHOICES = ("hywia", "element1", "element2", "vector", "l2", "random", "wanda_sp")
 TASK_CHOICES = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
