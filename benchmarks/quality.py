@@ -57,6 +57,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "vector": {"importance": "vector"},
     "hywia": {"importance": "hywia"},
     "hywia-lm": {"importance": "hywia", "fusion_objective": "lm"},
+    "hywia-fused-ranking": {"importance": "hywia", "fusion_ranking": "fused"},
     "hywia-fixed-0.25": {"importance": "hywia", "fusion_alpha": 0.25},
     "hywia-fixed-0.5": {"importance": "hywia", "fusion_alpha": 0.5},
     "hywia-fixed-0.75": {"importance": "hywia", "fusion_alpha": 0.75},
@@ -108,6 +109,8 @@ def run_one(args: argparse.Namespace, dense, tokenizer, method, ratio, layout, s
             layer_widths=[layer["after"] for layer in report.layers],
             fusion_alpha=report.fusion_alpha,
             fusion_losses=report.fusion_losses,
+            fusion_ranking=report.fusion_ranking,
+            ranking_losses=report.ranking_losses,
         )
         if lora:
             from optimum_hywia.recovery import RecoveryConfig, recover

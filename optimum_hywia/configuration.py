@@ -15,6 +15,7 @@ CONFIG_NAME = "hywia_config.json"
 IMPORTANCE_METHODS = ("hywia", "element1", "element2", "vector", "l2", "random", "wanda_sp")
 FINE_ESTIMATORS = ("element1", "element2")
 FUSION_OBJECTIVES = ("distillation", "lm")
+FUSION_RANKINGS = ("select", "fused", "element1", "element2", "vector")
 GROUP_KINDS = ("attention", "mlp")
 LAYOUTS = ("uniform", "per_layer")
 AUTOCAST_DTYPES = ("bfloat16",)
@@ -46,6 +47,10 @@ class HyWIAConfig:
         fusion_alpha: a fixed fine-grained weight in [0, 1] for every slot instead of the learned blend (no fusion
             training; an ablation, shared evenly by the fine estimators: 0 ranks like `vector`, and with one fine
             estimator 1 ranks like it).
+        fusion_ranking: which groups inside each slot go, once the fused scores have set how many: `"select"` (the
+            ranking, per group kind, among the fused score and each single estimate, whose hard-masked model has the
+            lowest `fusion_objective` on the calibration batches; a few extra forward passes), `"fused"` (the fused
+            score's own order), or one estimate's name (`"element1"`, `"element2"`, `"vector"`: an ablation).
         group_kinds: which prunable groups to remove: `"attention"` (KV-head groups) and/or `"mlp"` (channels).
         layer_range: `[start, end)` decoder layers to prune. `None`: every layer for the `uniform` layout (so that
             all layers share one width and the vanilla config describes them); for `per_layer`, the first `n // 8`
@@ -81,6 +86,7 @@ class HyWIAConfig:
     fusion_temperature: tuple[float, float] = (1.0, 0.05)
     fusion_objective: str = "distillation"
     fusion_alpha: float | None = None
+    fusion_ranking: str = "select"
     group_kinds: tuple[str, ...] = GROUP_KINDS
     layer_range: tuple[int, int] | None = None
     layout: str = "uniform"
@@ -121,6 +127,12 @@ class HyWIAConfig:
         _check_subset("fine_estimators", self.fine_estimators, FINE_ESTIMATORS)
         _check_choice("layout", self.layout, LAYOUTS)
         _check_choice("fusion_objective", self.fusion_objective, FUSION_OBJECTIVES)
+        _check_choice("fusion_ranking", self.fusion_ranking, FUSION_RANKINGS)
+        if self.fusion_ranking in FUSION_RANKINGS[2:] and self.fusion_ranking not in (*self.fine_estimators, "vector"):
+            raise ValueError(
+                f"fusion_ranking={self.fusion_ranking!r} ranks by an estimate HyWIA does not compute: add it to "
+                f"fine_estimators (now {list(self.fine_estimators)}), or use 'select' or 'fused'."
+            )
         _check_subset("group_kinds", self.group_kinds, GROUP_KINDS)
         for name in ("fusion_steps",):
             _check_number(name, getattr(self, name), int)

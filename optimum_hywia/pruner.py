@@ -35,6 +35,7 @@ from .groups import GroupSet, build_group_sets, decoder_layers
 from .importance.activations import ActivationStatistics, activation_scores
 from .importance.estimators import gradient_scores, weight_scores
 from .importance.fusion import HybridFusion
+from .importance.ranking import FUSED, choose_rankings, rank_slots
 from .importance.statistics import GradientStatistics
 from .memory import CalibrationModel, check_calibration_memory, estimate_calibration_memory
 from .model_card import ModelSource, describe_source, write_model_card
@@ -72,6 +73,8 @@ class PruningReport:
     kept_groups: dict[str, list[int]] = field(default_factory=dict)
     fusion_alpha: dict[str, list[float]] = field(default_factory=dict)  # "layer.kind": fine_estimators..., vector
     fusion_losses: list[float] = field(default_factory=list)
+    fusion_ranking: dict[str, str] = field(default_factory=dict)  # kind: the estimate ranking groups inside slots
+    ranking_losses: dict[str, dict[str, float]] = field(default_factory=dict)  # kind: candidate: hard-mask loss
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json_string(self) -> str:
@@ -255,6 +258,17 @@ class HyWIAPruner:
                 show_progress,
             )
         seconds["fusion"] = time.perf_counter() - start
+        estimates = dict(zip((*config.fine_estimators, "vector"), (*fine, coarse)))
+        if config.fusion_ranking == "select":
+            start = time.perf_counter()
+            choice = choose_rankings(
+                trainer, batches, group_sets, plan, result.scores, estimates, config.fusion_objective, show_progress
+            )
+            result.scores, result.ranking, result.ranking_losses = choice.scores, choice.chosen, choice.losses
+            seconds["ranking"] = time.perf_counter() - start
+        elif config.fusion_ranking != FUSED:
+            result.ranking = {kind: config.fusion_ranking for kind in config.group_kinds}
+            result.scores = rank_slots(group_sets, result.scores, estimates, result.ranking)
         return result.scores, result
 
     def _check_memory(self, group_sets: list[GroupSet], show_progress: bool) -> None:
@@ -325,6 +339,8 @@ class HyWIAPruner:
             if fusion
             else {},
             fusion_losses=fusion.losses if fusion else [],
+            fusion_ranking=fusion.ranking if fusion else {},
+            ranking_losses=fusion.ranking_losses if fusion else {},
         )
 
     def save_pretrained(self, save_directory: str | os.PathLike, overwrite: bool = False) -> Path:

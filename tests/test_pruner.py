@@ -225,13 +225,16 @@ def test_saved_files_get_ordinary_permissions(tmp_path):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_fixed_blend_extremes_rank_like_their_single_estimator(layout, token_batch):
-    """With one fine estimator, fusion_alpha=1 ranks exactly like it and 0 like vector (slot levels included)."""
+    """With one fine estimator, the fused score of fusion_alpha=1 ranks exactly like it and 0 like vector (slot
+    levels included); the ranking choice (`fusion_ranking="select"`) may re-rank inside slots but keeps the counts."""
     kept = {}
+    fused = dict(importance="hywia", fine_estimators=("element1",), fusion_ranking="fused")
     for name, overrides in {
         "element1": dict(importance="element1"),
-        "alpha1": dict(importance="hywia", fusion_alpha=1.0, fine_estimators=("element1",)),
+        "alpha1": dict(fused, fusion_alpha=1.0),
+        "alpha1-select": dict(fused, fusion_alpha=1.0, fusion_ranking="select"),
         "vector": dict(importance="vector"),
-        "alpha0": dict(importance="hywia", fusion_alpha=0.0, fine_estimators=("element1",)),
+        "alpha0": dict(fused, fusion_alpha=0.0),
     }.items():
         pruner = HyWIAPruner(make_tiny_model("llama-gqa"), tiny_config(pruning_ratio=0.3, layout=layout, **overrides))
         pruner.prune(calibration_data=token_batch, show_progress=False)
@@ -241,3 +244,6 @@ def test_fixed_blend_extremes_rank_like_their_single_estimator(layout, token_bat
             assert all(alpha[0] == overrides["fusion_alpha"] for alpha in pruner.report.fusion_alpha.values())
     assert kept["alpha1"] == kept["element1"]
     assert kept["alpha0"] == kept["vector"]
+    assert {key: len(groups) for key, groups in kept["alpha1-select"].items()} == {
+        key: len(groups) for key, groups in kept["element1"].items()
+    }

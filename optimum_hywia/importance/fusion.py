@@ -93,6 +93,8 @@ class FusionResult:
     alpha: dict[Key, tuple[float, ...]]
     scores: dict[Key, torch.Tensor]
     losses: list[float] = field(default_factory=list)
+    ranking: dict[str, str] = field(default_factory=dict)  # group kind: estimate ranking inside slots (ranking.py)
+    ranking_losses: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 class HybridFusion:
