@@ -69,13 +69,16 @@ def test_prune_evaluate_recover_round_trip(workspace):
         "prune", str(workspace / "base"), "-o", str(pruned), "--ratio", "0.3", "--layout", "per_layer",
         "--calibration-data", str(workspace / "text.txt"), "--samples", "8", "--sequence-length", "32",
         "--fusion-steps", "2", "--fusion-objective", "lm", "--fine-estimators", "element2",
+        "--fusion-ranking", "vector",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "30.0% of decoder-layer parameters removed" in result.stdout
     saved = json.loads((pruned / "hywia_config.json").read_text())
     assert saved["fusion_objective"] == "lm" and saved["fine_estimators"] == ["element2"]
+    assert saved["fusion_ranking"] == "vector"
     assert "HyWIA fusion training" in result.stderr  # progress bars
     report = json.loads((pruned / "hywia_report.json").read_text())
+    assert report["fusion_ranking"] == {"attention": "vector", "mlp": "vector"}
     assert report["layout"] == "per_layer" and (pruned / "README.md").is_file()
 
     result = cli(
@@ -132,6 +135,11 @@ def test_optimum_cli_prunes_a_uniform_baseline(workspace, tmp_path):
         (["evaluate", "{base}", "--tasks", "piqa", "squad"], 1, "Unknown task(s) ['squad']; choose 'all' or among"),
         (["recover", "{base}", "-o", "{out}", "--data", "missing.jsonl"], 1, "Data file 'missing.jsonl' does not"),
         (["prune", "{base}", "-o", "{out}", "--device", "cuda:7"], 1, "use --device cpu"),
+        (
+            ["prune", "{base}", "-o", "{out}", "--fine-estimators", "element2", "--fusion-ranking", "element1"],
+            1,
+            "ranks by an estimate HyWIA does not compute: add it to fine_estimators",
+        ),
         ([], 2, "Run `hywia <command> --help`"),
     ],
 )

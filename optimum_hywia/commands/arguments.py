@@ -148,6 +148,12 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("distillation", "lm"),
         help="what the fusion training minimises: KL to the dense model, or the LM loss (default: distillation)",
     )
+    group.add_argument(
+        "--fusion-ranking",
+        choices=("select", "fused", "element1", "element2", "vector"),
+        help="which groups inside each layer go once the fusion has set how many: the ranking chosen by hard-mask "
+        "loss, the fused score's, or one estimate's (default: select)",
+    )
     group.add_argument("--round-to", type=positive_int, help="round kept MLP widths to a multiple of this")
     group.add_argument(
         "--head-round-to", type=positive_int, help="round kept KV-head groups (so query heads) to a multiple of this"

@@ -88,6 +88,7 @@ def _hywia_config(args: argparse.Namespace, config_class: Any) -> Any:
         "calibration_batch_size": args.batch_size,
         "fusion_steps": args.fusion_steps,
         "fusion_objective": args.fusion_objective,
+        "fusion_ranking": args.fusion_ranking,
         "round_to": args.round_to,
         "head_round_to": args.head_round_to,
         "seed": args.seed,
