@@ -70,6 +70,9 @@ def test_smollm2_hywia_20_percent_per_layer(tmp_path, record_property):
     assert report.pruned_layers == list(range(3, 28))
     assert math.isfinite(pruned_ppl) and dense_ppl < pruned_ppl < 10 * dense_ppl  # sanity bounds only
     assert len(report.fusion_alpha) == 2 * 25
+    assert set(report.fusion_ranking) == {"attention", "mlp"}  # the ranking choice ran, with hard masks
+    for kind, losses in report.ranking_losses.items():
+        assert losses[report.fusion_ranking[kind]] == min(losses.values()) <= losses["fused"]
 
     folder = pruner.save_pretrained(tmp_path / "smollm2-hywia-20")
     assert not hasattr(model.config, "quantization_config")  # the GGUF quantizer is gone: a plain checkpoint

@@ -9,7 +9,8 @@ the per-layer layout each estimate also brings its slot level `lambda_e`, its im
 HyWIA ranks every group exactly as that estimate's importance per parameter does. The queries, `W` and `b` are
 trained through soft masks `sigmoid((log D - tau) / (T * std))` on the groups' outputs, at the target sparsity, to
 lower the calibration objective: by default the KL divergence from the dense model's next-token distributions
-(`fusion_objective`); the model's weights stay frozen.
+(`fusion_objective`); the model's weights stay frozen. The fused scores decide how many groups each slot keeps;
+which ones is chosen afterwards with hard masks (`ranking.py`).
 """
 
 from __future__ import annotations
