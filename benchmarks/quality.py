@@ -501,6 +501,7 @@ def _markdown(rows: list[dict[str, Any]], summary: dict[str, Any], records: list
 
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Per ratio, per_layer runs without LoRA: Wiki PPL (log scale) on top, average zero-shot accuracy below."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -508,22 +509,28 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     per_layer = [r for r in rows if r["layout"] in ("per_layer", "-") and "LoRA" not in r["method"]]
     ratios = sorted({r["ratio"] for r in per_layer if r["ratio"]})
-    fig, axes = plt.subplots(1, len(ratios), figsize=(6 * len(ratios), 4), squeeze=False)
-    for axis, ratio in zip(axes[0], ratios):
+    dense = [r for r in rows if r["method"] == "dense"]
+    fig, axes = plt.subplots(2, len(ratios), figsize=(6 * len(ratios), 8), squeeze=False)
+    for column, ratio in enumerate(ratios):
         subset = [r for r in per_layer if r["ratio"] == ratio]
         names = [r["method"] for r in subset]
-        means = [r["average"][0] for r in subset]
-        spreads = [r["average"][1] for r in subset]
         colors = ["tab:red" if name.startswith("hywia") else "tab:gray" for name in names]
-        axis.bar(names, means, yerr=spreads, color=colors, capsize=3)
-        dense = [r for r in rows if r["method"] == "dense"]
-        if dense:
-            axis.axhline(dense[0]["average"][0], color="black", linestyle="--", label="dense")
-            axis.legend()
-        axis.set_ylim(min(means) - 3, max(means + [dense[0]["average"][0] if dense else 0]) + 2)
-        axis.set_title(f"{ratio:.0%} of decoder-layer parameters removed (per_layer)")
-        axis.set_ylabel("average zero-shot acc (%)")
-        axis.tick_params(axis="x", rotation=45)
+        for axis, field, label in (
+            (axes[0][column], "wiki_ppl", "Wiki PPL (log scale, lower is better)"),
+            (axes[1][column], "average", "average zero-shot acc (%)"),
+        ):
+            means = [r[field][0] for r in subset]
+            axis.bar(names, means, yerr=[r[field][1] for r in subset], color=colors, capsize=3)
+            if dense:
+                axis.axhline(dense[0][field][0], color="black", linestyle="--", label="dense")
+                axis.legend()
+            if field == "wiki_ppl":
+                axis.set_yscale("log")
+            else:
+                axis.set_ylim(min(means) - 3, max(means + [dense[0][field][0] if dense else 0]) + 2)
+            axis.set_title(f"{ratio:.0%} of decoder-layer parameters removed (per_layer)")
+            axis.set_ylabel(label)
+            axis.tick_params(axis="x", rotation=45)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -548,7 +555,7 @@ with the same calibration windows and the same parameter budget through the same
 
 {table}
 
-![average accuracy by method](results_quality.png)
+![perplexity and average accuracy by method](results_quality.png)
 
 Paired by seed: the same calibration windows for both methods, so seed-to-seed noise of the calibration sample
 cancels; a PPL ratio below 1 means HyWIA's pruned model has the lower perplexity.
