@@ -580,9 +580,9 @@ docs/method.md §5b and §8 have the formulation and the ablations behind these 
   module kind, which estimate ranks the groups **inside** the layers (`fusion_ranking="select"`; in the six
   per_layer runs it chose element2 for the MLP channels, and the fused order for the KV groups in five, element2
   at 50% seed 1). `hywia-fused-ranking` is the same fusion with the fused order everywhere (the formulation
-  before that step). `hywia-fixed-α` gives
-  the fine estimates a fixed total weight α in every slot (shared evenly by element1 and element2) and vector
-  1 − α, with no training, and the same ranking choice: what the learned blend adds. Runs of earlier formulations
+  before that step). `hywia-fixed-α` gives the fine estimates a fixed total weight α in every slot (shared
+  evenly by element1 and element2) and vector 1 − α, with no training, and the same ranking choice: what the
+  learned blend adds. Runs of earlier formulations
   are kept in `benchmarks/results/quality_v1/` and `quality_v2/`.
 - Perplexity is the reliable column at this budget, the paired tables are the sharper test (same calibration
   windows per seed), and the spread-window section is the broader one: the main table's 20 windows are the first
@@ -628,8 +628,8 @@ docs/method.md §5b and §8 have the formulation and the ablations behind these 
   element1's, from BoolQ (31.1 against 73.3), and over the six other tasks the two are 34.3 and 35.4; at 20% the
   six-task averages are HyWIA 41.5, element2 40.4, element1 39.6, vector 39.6. A 135M model is close to chance
   on most of these tasks (the dense model averages 38.6 where chance is about 35.7), so its perplexity gaps do
-  not turn into accuracy gaps that a CPU budget of items can resolve. The paper's accuracy claim
-  is for LLaMA-7B and needs a GPU run (`--model` takes any Hub id or folder).
+  not turn into accuracy gaps that a CPU budget of items can resolve. The paper's accuracy claim is
+  for LLaMA-7B and needs a GPU run (`--model` takes any Hub id or folder).
 
 Reproduce (resumable; each run is cached under `benchmarks/results/quality/`):
 
