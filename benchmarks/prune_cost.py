@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "prune_cost.json"
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # tests/reference_statistics.py: the full-gradient reference
 
 MEASURE = r"""
 import json, sys, time
@@ -68,10 +69,10 @@ else:
     options = {}
     if kind == "lean-checkpointed":
         options = dict(calibration_micro_batch_size=1, gradient_checkpointing=True)
-    if kind == "reference":
-        import optimum_hywia.pruner
-        from optimum_hywia.importance.reference import FullGradientStatistics
-        optimum_hywia.pruner.GradientStatistics = FullGradientStatistics
+    if kind == "reference":  # tests/reference_statistics.py, on PYTHONPATH (see `measure`)
+        import optimum_hywia.importance.statistics
+        from reference_statistics import FullGradientStatistics
+        optimum_hywia.importance.statistics.GradientStatistics = FullGradientStatistics  # looked up per run
     config = HyWIAConfig(
         pruning_ratio=0.2, importance=importance, num_calibration_samples=samples, calibration_sequence_length=length,
         calibration_batch_size=batch, fusion_steps=fusion_steps, check_memory=False, **options,
@@ -98,6 +99,7 @@ def measure(kind: str, importance: str, args: argparse.Namespace) -> dict:
         str(args.fusion_steps),
     ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:

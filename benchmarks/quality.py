@@ -582,8 +582,8 @@ docs/method.md §5b and §8 have the formulation and the ablations behind these 
   at 50% seed 1). `hywia-fused-ranking` is the same fusion with the fused order everywhere (the formulation
   before that step). `hywia-fixed-α` gives the fine estimates a fixed total weight α in every slot (shared
   evenly by element1 and element2) and vector 1 − α, with no training, and the same ranking choice: what the
-  learned blend adds. Runs of earlier formulations
-  are kept in `benchmarks/results/quality_v1/` and `quality_v2/`.
+  learned blend adds. Runs of earlier formulations are in the git history (`benchmarks/results/quality_v1/` and
+  `quality_v2/`, up to commit 68de4f6).
 - Perplexity is the reliable column at this budget, the paired tables are the sharper test (same calibration
   windows per seed), and the spread-window section is the broader one: the main table's 20 windows are the first
   10,240 tokens of the dump, a few articles; the spread section scores 51,200 tokens from every part of it.

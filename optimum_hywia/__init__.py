@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_getattr
 
 __version__ = "0.1.0"
 
@@ -12,7 +13,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "HyWIAConfig": "configuration",
     "HyWIAPruner": "pruner",
-    "PruningReport": "pruner",
+    "PruningReport": "report",
     "load_pruned_model": "modeling",
     "RecoveryConfig": "recovery",
     "recover": "recovery",
@@ -21,16 +22,12 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from .configuration import HyWIAConfig
     from .modeling import load_pruned_model
-    from .pruner import HyWIAPruner, PruningReport
+    from .pruner import HyWIAPruner
     from .recovery import RecoveryConfig, recover
+    from .report import PruningReport
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
 
 
 def __dir__() -> list[str]:

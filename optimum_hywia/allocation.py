@@ -18,11 +18,10 @@ from transformers.utils import logging
 
 from .architectures import ArchitectureSpec
 from .configuration import HyWIAConfig
-from .groups import GroupSet
+from .groups import GroupSet, Key
 
 logger = logging.get_logger(__name__)
 
-Key = tuple[int, str]
 
 # the achieved share of removed decoder-layer parameters may differ from pruning_ratio by at most this fraction of it
 RATIO_TOLERANCE = 0.25
@@ -39,7 +38,6 @@ class PruningPlan:
         kept_groups: uniform layout: groups kept in every pruned layer, per kind.
         min_groups: per_layer layout: fewest groups a layer may keep, per kind.
         round_to: kept MLP widths are multiples of this (or the whole width).
-        vanilla_config: whether the result can be described by the family's vanilla config.
         head_round_to: kept KV-head group counts are multiples of this (or all of the layer's groups).
     """
 
@@ -49,8 +47,16 @@ class PruningPlan:
     kept_groups: dict[str, int]
     min_groups: dict[str, int]
     round_to: int
-    vanilla_config: bool = True
     head_round_to: int = 1
+
+    def describe(self) -> str:
+        """One line for logs, e.g. `uniform, remove 1,234 of 5,678 parameters, keep attention 4, mlp 80`."""
+        text = f"{self.layout}, remove {self.remove_params:,} of {self.total_params:,} decoder-layer parameters"
+        if self.kept_groups:
+            text += ", keep " + ", ".join(f"{kind} {count}" for kind, count in self.kept_groups.items()) + " per layer"
+        if self.min_groups:
+            text += ", at least " + ", ".join(f"{kind} {count}" for kind, count in self.min_groups.items())
+        return text
 
     def step(self, kind: str) -> int:
         """Kept counts of groups of `kind` are multiples of this (or the whole width)."""
@@ -229,7 +235,6 @@ def _plan_uniform(plan: PruningPlan, spec, model_config, group_sets: list[GroupS
         if nearest == kept or ("mlp" in by_kind and abs(nearest - kept) <= step):
             kept = nearest
         else:
-            plan.vanilla_config = False
             logger.warning(
                 f"{kept * heads_per_group} attention heads per layer cannot be expressed in a vanilla "
                 f"{type(model_config).__name__} (hidden_size {hidden} must be a multiple of the head count; nearest "

@@ -12,7 +12,6 @@ from typing import Any
 
 CONFIG_NAME = "hywia_config.json"
 
-IMPORTANCE_METHODS = ("hywia", "element1", "element2", "vector", "l2", "random", "wanda_sp")
 FINE_ESTIMATORS = ("element1", "element2")
 FUSION_OBJECTIVES = ("distillation", "lm")
 FUSION_RANKINGS = ("select", "fused", "element1", "element2", "vector")
@@ -58,7 +57,10 @@ class HyWIAConfig:
         layout: `"uniform"` (the same widths in every pruned layer; loads with vanilla transformers) or
             `"per_layer"` (one global ranking; widths differ per layer; loads with `trust_remote_code=True`).
         num_calibration_samples: calibration windows used for gradients and fusion training (or activations).
-        calibration_sequence_length: tokens per calibration window.
+            `None` (default): 32 windows of text; rows of token ids (a 2-D tensor, equal-length id lists, a dataset
+            of `input_ids`) are samples already and are all used as given.
+        calibration_sequence_length: tokens per calibration window. `None` (default): 128 for text; token-id rows
+            keep their own length.
         calibration_batch_size: windows per forward/backward pass.
         round_to: kept MLP widths are rounded to a multiple of this (GEMM-friendly shapes), in both layouts; a layer
             may also keep its whole width. Must not exceed any pruned layer's MLP width.
@@ -90,8 +92,8 @@ class HyWIAConfig:
     group_kinds: tuple[str, ...] = GROUP_KINDS
     layer_range: tuple[int, int] | None = None
     layout: str = "uniform"
-    num_calibration_samples: int = 32
-    calibration_sequence_length: int = 128
+    num_calibration_samples: int | None = None
+    calibration_sequence_length: int | None = None
     calibration_batch_size: int = 8
     round_to: int = 1
     head_round_to: int = 1
@@ -123,7 +125,9 @@ class HyWIAConfig:
         _check_number("pruning_ratio", self.pruning_ratio, float)
         if not 0.0 < self.pruning_ratio < 1.0:
             raise ValueError(f"pruning_ratio must be in (0, 1), got {self.pruning_ratio}: e.g. 0.2 removes 20%.")
-        _check_choice("importance", self.importance, IMPORTANCE_METHODS)
+        from .importance.registry import importance_names  # the registry: built-in and registered methods
+
+        _check_choice("importance", self.importance, importance_names())
         _check_subset("fine_estimators", self.fine_estimators, FINE_ESTIMATORS)
         _check_choice("layout", self.layout, LAYOUTS)
         _check_choice("fusion_objective", self.fusion_objective, FUSION_OBJECTIVES)
@@ -138,10 +142,13 @@ class HyWIAConfig:
             _check_number(name, getattr(self, name), int)
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("num_calibration_samples", "calibration_sequence_length"):
+            if getattr(self, name) is not None:
+                _check_number(name, getattr(self, name), int)
+                if getattr(self, name) < 1:
+                    raise ValueError(f"{name} must be >= 1 or None (as given / default), got {getattr(self, name)}.")
         for name in (
             "fusion_hidden_size",
-            "num_calibration_samples",
-            "calibration_sequence_length",
             "calibration_batch_size",
             "round_to",
             "head_round_to",

@@ -25,9 +25,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from .groups import Key
 from .importance.statistics import GradientStatistics
-
-Key = tuple[int, str]
 
 
 def distributed_world() -> tuple[int, int]:

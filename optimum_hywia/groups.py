@@ -17,6 +17,8 @@ from transformers.pytorch_utils import Conv1D
 
 from .architectures import ArchitectureSpec, Projection
 
+Key = tuple[int, str]  # a group set: (decoder layer, "attention" | "mlp")
+
 PrunableModule = nn.Linear | Conv1D
 
 

@@ -29,9 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from transformers.pytorch_utils import Conv1D
 
 from .architectures import ArchitectureSpec
-from .groups import decoder_layers
+from .groups import decoder_layers, head_dim
 from .importance.statistics import calibration_loss
 from .offload import execution_device, offloaded_parameter_names
 
@@ -198,6 +199,10 @@ def estimate_calibration_memory(
 ) -> MemoryEstimate:
     """Predicted peak of one calibration forward/backward pass.
 
+    The widths are read through the family's table (`spec.config_keys` of `spec.widths_config`: Falcon's
+    `num_kv_heads`/`ffn_hidden_size`, GPT-2's `n_embd`/`n_inner`, Gemma 3's `text_config`); GPT-2's `Conv1D`
+    projections count like `nn.Linear`.
+
     - weights: every parameter and buffer as loaded, except those offloaded (CPU/disk, on `meta`);
     - activations: what autograd keeps for one micro-batch: per decoder layer and token about 8 hidden-size and 5
       MLP-width vectors plus 4 attention-width vectors (attention inputs and outputs, q/k/v, norms, gate/up/act), the
@@ -210,18 +215,19 @@ def estimate_calibration_memory(
     - offloaded: the prunable weights of offloaded layers (`trainable_fraction` of them), which the offload hooks
       restore on the execution device for a forward and which autograd keeps there until that batch's backward.
     """
-    config = spec.widths_config(model.config)
+    spec = spec.for_config(model.config)
+    config, keys = spec.widths_config(model.config), spec.config_keys
     params = {id(p): p for p in model.parameters()}.values()
     weights = sum(p.numel() * p.element_size() for p in params if p.device.type != "meta")  # offloaded: not resident
     weights += sum(b.numel() * b.element_size() for b in model.buffers() if b.device.type != "meta")
     parameter_bytes = 2 if autocast_dtype else next(iter(params)).element_size()
-    hidden = config.hidden_size
-    intermediate = getattr(config, "intermediate_size", 4 * hidden)
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    attention_width = (2 * heads + 2 * kv_heads) * head_dim
-    num_layers = config.num_hidden_layers
+    hidden = getattr(config, keys.hidden_size)
+    # a family without an MLP-width key (Bloom), or GPT-2's n_inner=None, has the 4 * hidden MLP
+    intermediate = (getattr(config, keys.intermediate_size, None) if keys.intermediate_size else None) or 4 * hidden
+    heads = getattr(config, keys.num_heads)
+    kv_heads = 1 if spec.shared_kv else (getattr(config, keys.num_kv_heads, None) if keys.num_kv_heads else None)
+    attention_width = (2 * heads + 2 * (kv_heads or heads)) * head_dim(model.config, spec)
+    num_layers = getattr(config, keys.num_layers)
     rows = min(micro_batch_size or batch_size, batch_size)
     tokens = rows * sequence_length
     per_layer_token = 8 * hidden + 5 * intermediate + attention_width
@@ -232,14 +238,15 @@ def estimate_calibration_memory(
     logits = 3 * tokens * config.vocab_size * 4
     activations = layer_activations * parameter_bytes + logits
     layers_path, layers = decoder_layers(model, spec)
-    layer_linears = [m for m in layers[0].modules() if isinstance(m, nn.Linear)]
+    # GPT-2's Conv1D stores its weight [in, out]: the sizes below do not depend on the orientation
+    layer_linears = [m for m in layers[0].modules() if isinstance(m, (nn.Linear, Conv1D))]
     largest = max((m.weight.numel() for m in layer_linears), default=0) * 4
     decoder_weights = sum(p.numel() for p in layers.parameters() if p.ndim == 2)
     if micro_batch_size is not None and micro_batch_size < batch_size:
         gradients = int(decoder_weights * trainable_fraction) * 4
     else:
         gradients = 2 * largest
-    statistics = 3 * 8 * num_layers * sum(m.in_features + m.out_features for m in layer_linears)
+    statistics = 3 * 8 * num_layers * sum(sum(m.weight.shape) for m in layer_linears)
     offloaded_names = offloaded_parameter_names(model)
     offloaded = sum(
         p.numel() * p.element_size() * trainable_fraction

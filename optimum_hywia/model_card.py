@@ -17,6 +17,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from .architectures import auto_class_for, pipeline_task_for
 from .configuration import CONFIG_NAME
 
 REPORT_NAME = "hywia_report.json"
@@ -301,25 +302,11 @@ def _usage_section(name: str, per_layer: bool, remote: bool, auto_class: str, ta
     return f"## How to load\n\n{code}"
 
 
-# architecture class suffix -> (transformers auto class, pipeline task)
-_TASKS = (
-    ("ForCausalLM", "AutoModelForCausalLM", "text-generation"),
-    ("LMHeadModel", "AutoModelForCausalLM", "text-generation"),  # GPT-2
-    ("ForMaskedLM", "AutoModelForMaskedLM", "fill-mask"),
-    ("ForSequenceClassification", "AutoModelForSequenceClassification", "text-classification"),
-    ("ForConditionalGeneration", "AutoModelForImageTextToText", "image-text-to-text"),
-)
-
-
 def _task(model_config: dict) -> tuple[str, str]:
     """(auto class, pipeline task) of the checkpoint's architecture; causal LM when unknown."""
-    architectures = model_config.get("architectures") or []
-    if not architectures:
-        return "AutoModelForCausalLM", "text-generation"
-    for suffix, auto_class, task in _TASKS:
-        if architectures[0].endswith(suffix):
-            return auto_class, task
-    return "AutoModel", "feature-extraction"
+    architectures = model_config.get("architectures") or [None]
+    auto_class = auto_class_for(architectures[0], model_config.get("auto_map"))
+    return auto_class, pipeline_task_for(auto_class)
 
 
 def _config_section(hywia_config: dict) -> str:

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -34,13 +33,15 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
-from .data.calibration import check_integer_ids, is_dataset, text_column
+from .architectures import GENERATIVE_AUTO_CLASSES, auto_class_for
+from .data.inputs import normalize_inputs
+from .model_card import RECOVERY_LOG_NAME
 from .offload import execution_device
+from .saving import atomic_directory, check_destination
 
 logger = logging.get_logger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
-RECOVERY_LOG_NAME = "recovery_log.json"
 DATA_FORMATS = ("auto", "text", "instruction")
 LR_SCHEDULERS = ("constant", "linear", "cosine")
 IGNORE_INDEX = -100
@@ -48,7 +49,6 @@ ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
 ALPACA_PROMPT_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
 # fields that do not change what a run computes, so a resumed run may change them
 _RESUME_FREE_FIELDS = ("logging_steps", "save_steps")
-_CAUSAL_LM_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
 
 
 @dataclass
@@ -222,7 +222,8 @@ def recover(
         raise TypeError(f"config must be a RecoveryConfig, got {type(config).__name__}.")
     if not isinstance(model, PreTrainedModel):
         raise TypeError(f"model must be a transformers PreTrainedModel, got {type(model).__name__}.")
-    if not type(model).__name__.endswith(_CAUSAL_LM_SUFFIXES):
+    auto_class = auto_class_for(type(model).__name__, getattr(model.config, "auto_map", None), "AutoModelForCausalLM")
+    if auto_class not in GENERATIVE_AUTO_CLASSES:
         raise ValueError(
             f"LoRA recovery trains causal language models (…ForCausalLM); got {type(model).__name__}. Load the "
             "checkpoint with AutoModelForCausalLM or optimum_hywia.load_pruned_model."
@@ -338,25 +339,18 @@ def save_recovered_model(
     next to its destination and moved into place at the end; an existing non-empty one is replaced only with
     `overwrite=True`.
     """
+    from .configuration import CONFIG_NAME
     from .model_card import REPORT_NAME, source_from_card, write_model_card
     from .modeling import MODELING_FILE
 
     source = Path(pruned_checkpoint)
-    target = Path(save_directory).resolve()
-    if target.exists() and not target.is_dir():
-        raise ValueError(f"{target} is a file; pass a directory to save the recovered model into.")
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(f"{target} exists and is not empty; pass overwrite=True (--overwrite) to replace it.")
+    target = check_destination(save_directory, overwrite, "the recovered model")
     if target == source.resolve():
         raise ValueError(f"{target} is the pruned checkpoint itself; save the recovered model to another folder.")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_directory(target) as staging:
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        from .configuration import CONFIG_NAME
-
         for name in (CONFIG_NAME, REPORT_NAME, os.path.basename(MODELING_FILE)):
             if (source / name).is_file():
                 shutil.copyfile(source / name, staging / name)
@@ -365,14 +359,6 @@ def save_recovered_model(
             (staging / RECOVERY_LOG_NAME).write_text(json.dumps(log.to_dict(), indent=2) + "\n")
         if (staging / REPORT_NAME).is_file():
             write_model_card(staging, source_from_card(source / "README.md"), name=target.name)
-        from .pruner import _apply_default_permissions, _replace_directory, _sync_tree
-
-        _apply_default_permissions(staging)
-        _sync_tree(staging)
-        _replace_directory(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 
@@ -413,68 +399,9 @@ def build_examples(data: Any, tokenizer: Any, config: RecoveryConfig) -> tuple[l
 
 
 def load_records(data: Any) -> list[Any] | list[torch.Tensor]:
-    """Strings or dicts (records), or 1-D token-id tensors, from any data `recover` accepts."""
-    if isinstance(data, torch.Tensor):
-        check_integer_ids(data, "Recovery")
-        if data.ndim not in (1, 2):
-            raise ValueError(f"Recovery token ids must be 1-D or 2-D, got shape {tuple(data.shape)}.")
-        return [data.long()] if data.ndim == 1 else [row.long() for row in data]
-    if isinstance(data, (str, os.PathLike)):
-        return _read_file(data)
-    if is_dataset(data):
-        column = text_column(data)
-        names = set(data.column_names)
-        if column is None and "input_ids" in names:
-            return load_records([list(ids) for ids in data["input_ids"]])
-        if column is not None and not _instruction_kind(dict.fromkeys(names, "")):
-            return list(data[column])
-        return list(data)
-    if isinstance(data, Sequence) and data and all(isinstance(item, (torch.Tensor, list, tuple)) for item in data):
-        items = [torch.as_tensor(item) for item in data]
-        for item in items:
-            check_integer_ids(item, "Recovery")
-            if item.ndim != 1:
-                raise ValueError("Each recovery token sequence in a list must be 1-D.")
-        return [item.long() for item in items]
-    if isinstance(data, Sequence) and all(isinstance(item, (str, Mapping)) for item in data):
-        return list(data)
-    raise ValueError(
-        f"Unsupported recovery data of type {type(data).__name__}: pass a list of strings or records, a "
-        "datasets.Dataset, a .txt/.json/.jsonl/.csv/.parquet file, or token ids."
-    )
-
-
-def _read_file(path: str | os.PathLike) -> list[Any]:
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"Recovery data {str(path)[:80]!r} is not an existing file; pass a list of strings for raw text, or "
-            "datasets.load_dataset(...) for a Hub dataset."
-        )
-    suffix = Path(path).suffix.lower()
-    if suffix in (".txt", ".md", ".text", ""):
-        return [Path(path).read_text(encoding="utf-8")]
-    if suffix == ".jsonl":
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-        try:
-            return [json.loads(line) for line in lines if line.strip()]
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON Lines ({error}); write one JSON object per line.") from None
-    if suffix == ".json":
-        try:
-            content = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error}).") from None
-        if isinstance(content, Mapping) and isinstance(content.get("data"), list):
-            content = content["data"]
-        if not isinstance(content, list):
-            raise ValueError(f"{path}: expected a JSON list of strings or records (or {{'data': [...]}}).")
-        return content
-    if suffix in (".csv", ".parquet"):
-        import datasets
-
-        dataset = datasets.load_dataset(suffix[1:], data_files=str(path), split="train")
-        return load_records(dataset)
-    raise ValueError(f"{path}: unsupported file type {suffix!r}; use .txt, .json, .jsonl, .csv or .parquet.")
+    """Strings or dicts (records), or 1-D token-id tensors, from any data `recover` accepts (the shared
+    `optimum_hywia.data.inputs.normalize_inputs`; a dataset with instruction fields gives its rows as records)."""
+    return normalize_inputs(data, "recovery data", records=True, is_record=_instruction_kind)
 
 
 def _instruction_kind(record: Any) -> str | None:
@@ -703,9 +630,7 @@ def _read_checkpoint_state(checkpoint: Path, fingerprint: dict[str, str], config
 def _write_checkpoint(checkpoint, fingerprint, config, step, losses, trainable, optimizer) -> None:
     from safetensors.torch import save_file
 
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{checkpoint.name}.tmp-", dir=checkpoint.parent))
-    try:
+    with atomic_directory(checkpoint, durable=False) as staging:
         save_file(
             {name: param.detach().contiguous() for name, param in trainable.items()}, staging / "adapter.safetensors"
         )
@@ -728,12 +653,6 @@ def _write_checkpoint(checkpoint, fingerprint, config, step, losses, trainable, 
             "optimizer_scalars": scalars,
         }
         (staging / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
-        from .pruner import _replace_directory
-
-        _replace_directory(staging, checkpoint)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _load_checkpoint(checkpoint, state, trainable, optimizer) -> tuple[int, list[float]]:

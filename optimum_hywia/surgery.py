@@ -13,12 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .architectures import ArchitectureSpec
-from .groups import BoundProjection, GroupSet, build_group_sets, decoder_layers, head_dim
+from .architectures import ArchitectureSpec, auto_class_for
+from .cached_widths import derived_attributes
+from .groups import BoundProjection, GroupSet, Key, build_group_sets, decoder_layers, head_dim
 from .modeling.modeling_hywia import AUTO_MAP_MODULE, CLASS_PREFIX, STRUCTURE_KEYS, apply_pruned_structure
 from .offload import module_tensor, set_parameter
-
-Key = tuple[int, str]
 
 OVERRIDE_KEYS = (
     "hywia_linear_shapes",
@@ -106,16 +105,17 @@ def _quantity(name: str, widths: dict[str, int], dim: int) -> int:
 
 
 def pruned_structure(model: nn.Module, spec: ArchitectureSpec, widths: list[dict[str, int]]) -> dict:
-    """Per-layer module attributes, module configs and ALiBi heads that the pruned widths call for."""
+    """Per-layer module attributes, module configs and ALiBi heads that the pruned widths call for.
+
+    `model.config` must still describe the widths the model was built with.
+    """
     layers_path, layers = decoder_layers(model, spec)
     dim = head_dim(model.config, spec)
-    attributes: dict[str, dict[str, int]] = {}
+    attributes = derived_attributes(model, spec, widths)
     configs: dict[str, dict[str, int]] = {}
     alibi: dict[str, list[int]] = {}
     for layer, layer_widths_ in enumerate(widths):
         prefix = f"{layers_path}.{layer}"
-        for path, name, quantity in spec.module_attributes:
-            attributes.setdefault(f"{prefix}.{path}", {})[name] = _quantity(quantity, layer_widths_, dim)
         for path, key, quantity in spec.layer_config:
             configs.setdefault(f"{prefix}.{path}", {})[key] = _quantity(quantity, layer_widths_, dim)
         if spec.alibi:
@@ -203,7 +203,7 @@ def rewrite_config(model: nn.Module, spec: ArchitectureSpec, original_widths: li
         base_class = type(model).__name__.removeprefix(CLASS_PREFIX)
         if spec.remote_code:
             config.hywia_base_auto_map = base_auto_map
-        auto_class = _auto_class(base_class, base_auto_map)
+        auto_class = auto_class_for(base_class, base_auto_map, preferred=spec.auto_class)
         auto_map = dict(base_auto_map)
         auto_map[auto_class] = f"{AUTO_MAP_MODULE}.{CLASS_PREFIX}{base_class}"
     if auto_map:
@@ -213,28 +213,6 @@ def rewrite_config(model: nn.Module, spec: ArchitectureSpec, original_widths: li
     model.hywia_auto_map = dict(auto_map)
     apply_pruned_structure(model, structure, num_heads=getattr(widths_config, keys.num_heads))
     return vanilla
-
-
-_AUTO_CLASSES = (
-    ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),
-    ("AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES"),
-    ("AutoModelForSequenceClassification", "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"),
-    ("AutoModelForTokenClassification", "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES"),
-    ("AutoModel", "MODEL_MAPPING_NAMES"),
-)
-
-
-def _auto_class(class_name: str, base_auto_map: dict[str, str]) -> str:
-    """The Auto class that loads `class_name` (from the checkpoint's own auto_map for remote code)."""
-    for auto_class, reference in base_auto_map.items():
-        if reference.rpartition(".")[2] == class_name:
-            return auto_class
-    from transformers.models.auto import modeling_auto
-
-    for auto_class, mapping_name in _AUTO_CLASSES:
-        if class_name in getattr(modeling_auto, mapping_name, {}).values():
-            return auto_class
-    return "AutoModelForCausalLM" if class_name.endswith(("ForCausalLM", "LMHeadModel")) else "AutoModel"
 
 
 def restore_auto_map(model: nn.Module, folder: str | os.PathLike) -> None:

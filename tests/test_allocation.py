@@ -38,11 +38,12 @@ def test_group_sets_couple_a_kv_head_with_its_query_heads():
 def test_uniform_plan_chooses_head_counts_the_vanilla_config_accepts():
     model = make_tiny_model("llama-mha")  # 8 heads on hidden 64: valid kept counts are 1, 2, 4, 8
     _, plan, _ = _plan(model, pruning_ratio=0.45, layout="uniform")
-    assert plan.kept_groups["attention"] == 4 and plan.vanilla_config
+    assert plan.kept_groups["attention"] == 4
     _, plan, _ = _plan(model, pruning_ratio=0.35, layout="uniform")
-    assert plan.kept_groups["attention"] == 4 and plan.vanilla_config  # 5.2 heads: 4 is valid, the MLP makes up
+    assert plan.kept_groups["attention"] == 4  # 5.2 heads: 4 is valid, the MLP makes up
+    assert plan.describe().startswith("uniform, remove ") and "attention 4" in plan.describe()
     _, plan, _ = _plan(model, kinds=("attention",), pruning_ratio=0.2, layout="uniform", group_kinds=("attention",))
-    assert plan.kept_groups["attention"] == 5 and not plan.vanilla_config  # attention alone: exactly 4.6 -> 5
+    assert plan.kept_groups["attention"] == 5  # attention alone: exactly 4.6 -> 5, which no vanilla config describes
 
 
 def test_uniform_plan_compensates_coarse_attention_steps_with_the_mlp():

@@ -10,7 +10,9 @@ from optimum_hywia.architectures import (
     ARCHITECTURES,
     UnsupportedArchitectureError,
     architectures_markdown,
+    auto_class_for,
     get_architecture,
+    pipeline_task_for,
 )
 
 
@@ -113,7 +115,8 @@ def test_falcon_variant_follows_its_config_and_alibi_is_declared():
     multi_query = get_architecture(SimpleNamespace(**base, new_decoder_architecture=False, multi_query=True))
     assert multi_query.attention[0].layout == "concat" and multi_query.shared_kv
     rw = get_architecture(SimpleNamespace(**base, new_decoder_architecture=False, multi_query=False, alibi=True))
-    assert rw.attention[0].layout == "per_group" and not rw.shared_kv and rw.config_keys.num_kv_heads is None
+    # the multi-head config reads num_kv_heads (= the head count): pruned heads rewrite it
+    assert rw.attention[0].layout == "per_group" and not rw.shared_kv and rw.config_keys.num_kv_heads == "num_kv_heads"
     assert rw.alibi.path == "self_attention"
     assert dict(rw.alibi.inputs) == {"alibi": "batch_heads", "attention_mask": "heads"}
     assert get_architecture(SimpleNamespace(**base, multi_query=True, alibi=True)).shared_kv
@@ -134,6 +137,55 @@ def test_baichuan_variant_is_alibi_when_the_config_has_no_max_position_embedding
 def test_auto_class_is_declared_per_family():
     assert get_architecture("bert").auto_class == "AutoModel"
     assert all(spec.auto_class == "AutoModelForCausalLM" for t, spec in ARCHITECTURES.items() if t != "bert")
+
+
+@pytest.mark.parametrize(
+    "class_name, auto_map, preferred, auto_class, task",
+    [
+        ("LlamaForCausalLM", None, None, "AutoModelForCausalLM", "text-generation"),
+        ("GPT2LMHeadModel", None, None, "AutoModelForCausalLM", "text-generation"),
+        ("BertModel", None, "AutoModel", "AutoModel", "feature-extraction"),
+        ("BertLMHeadModel", None, "AutoModel", "AutoModelForCausalLM", "text-generation"),  # not what AutoModel loads
+        ("BertForMaskedLM", None, None, "AutoModelForMaskedLM", "fill-mask"),
+        ("BertForTokenClassification", None, None, "AutoModelForTokenClassification", "token-classification"),
+        # multimodal Gemma 3: its pipeline is image-text-to-text, but the family table loads it as a causal LM
+        ("Gemma3ForConditionalGeneration", None, None, "AutoModelForImageTextToText", "image-text-to-text"),
+        ("Gemma3ForConditionalGeneration", None, "AutoModelForCausalLM", "AutoModelForCausalLM", "text-generation"),
+        # classes transformers does not list: the checkpoint's auto_map, else the name's ending
+        (
+            "HyWIAGemma3ForConditionalGeneration",
+            {"AutoModelForCausalLM": "modeling_hywia.HyWIAGemma3ForConditionalGeneration"},
+            None,
+            "AutoModelForCausalLM",
+            "text-generation",
+        ),
+        (
+            "BaichuanForCausalLM",
+            {"AutoConfig": "configuration_baichuan.BaichuanConfig", "AutoTokenizer": ["tok.Slow", None]},
+            None,
+            "AutoModelForCausalLM",
+            "text-generation",
+        ),
+        ("HyWIAGPT2LMHeadModel", None, None, "AutoModelForCausalLM", "text-generation"),
+        ("HyWIABertModel", None, None, "AutoModel", "feature-extraction"),
+        (None, None, None, "AutoModelForCausalLM", "text-generation"),
+    ],
+)
+def test_one_table_names_the_auto_class_and_pipeline_task_of_a_model_class(
+    class_name, auto_map, preferred, auto_class, task
+):
+    assert auto_class_for(class_name, auto_map, preferred) == auto_class
+    assert pipeline_task_for(auto_class) == task
+
+
+def test_the_family_auto_class_loads_every_family_s_model_class():
+    """What the surgery registers a pruned model's override under, from the family table's own Auto class."""
+    from test_families import FAMILIES
+
+    for family, (model_class, _, _) in FAMILIES.items():
+        spec = ARCHITECTURES[{"gemma-mqa": "gemma"}.get(family, family.split("-")[0])]
+        assert auto_class_for(model_class, {}, spec.auto_class) == spec.auto_class, family
+    assert auto_class_for("BertModel", {}, get_architecture("bert").auto_class) == "AutoModel"
 
 
 def test_every_table_declares_a_fused_layout_its_docs_row_shows():

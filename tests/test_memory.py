@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
 from conftest import make_tiny_model
+from test_families import FAMILIES, _tiny_bert, make_family_model
+from transformers.pytorch_utils import Conv1D
 
 from optimum_hywia import HyWIAConfig, HyWIAPruner
 from optimum_hywia.architectures import get_architecture
+from optimum_hywia.groups import decoder_layers, head_dim
 from optimum_hywia.memory import (
     CalibrationModel,
     MemoryEstimate,
@@ -15,6 +19,7 @@ from optimum_hywia.memory import (
     checkpointed_layers,
     estimate_calibration_memory,
 )
+from optimum_hywia.surgery import layer_widths
 
 SPEC = get_architecture("llama")
 
@@ -43,6 +48,62 @@ def test_activation_estimate_is_within_a_factor_of_two_of_what_autograd_saves():
     assert measured / 2 < estimate.activations < 2 * measured
     parameters = sum(p.numel() * 4 for p in {id(p): p for p in model.parameters()}.values())
     assert estimate.weights == parameters + sum(b.numel() * b.element_size() for b in model.buffers())
+
+
+# configs with the widths only under the family's own keys (`make_family_model` also passes `intermediate_size`)
+NATIVE_CONFIGS = {
+    "falcon-ffn_hidden_size": (
+        "FalconForCausalLM",
+        "FalconConfig",
+        dict(num_attention_heads=8, num_kv_heads=2, new_decoder_architecture=True, ffn_hidden_size=160),
+    ),
+    "opt-ffn_dim": ("OPTForCausalLM", "OPTConfig", dict(num_attention_heads=8, ffn_dim=160, word_embed_proj_dim=64)),
+    "gpt2-n_inner-none": ("GPT2LMHeadModel", "GPT2Config", dict(n_head=8, bos_token_id=1, eos_token_id=2)),
+}
+
+
+def _native_model(name: str) -> torch.nn.Module:
+    model_class, config_class, extra = NATIVE_CONFIGS[name]
+    config = getattr(transformers, config_class)(vocab_size=128, hidden_size=64, num_hidden_layers=2, **extra)
+    torch.manual_seed(0)
+    return getattr(transformers, model_class)(config).eval()
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "bert", *NATIVE_CONFIGS])
+def test_the_estimate_reads_every_family_s_widths_through_its_table(family):
+    """Weights, gradients, statistics and activations follow the widths the model really has, for every family
+    (Falcon's `num_kv_heads`/`ffn_hidden_size`, Gemma 3's `text_config`, GPT-2's Conv1D layers, ...).
+
+    Tolerance: weights and statistics exactly; gradients in (0, the float32 bytes of the trained decoder weights];
+    activations within 1% of the documented formula evaluated on the widths read from the modules."""
+    if family in NATIVE_CONFIGS:
+        model = _native_model(family)
+    else:
+        model = _tiny_bert() if family == "bert" else make_family_model(family)
+    spec = get_architecture(model.config)
+    estimate = estimate_calibration_memory(model, spec, batch_size=4, sequence_length=16)
+
+    parameters = {id(p): p for p in model.parameters()}.values()
+    resident = sum(p.numel() * p.element_size() for p in parameters)
+    assert estimate.weights == resident + sum(b.numel() * b.element_size() for b in model.buffers())
+
+    _, layers = decoder_layers(model, spec)
+    trained = sum(p.numel() * 4 for p in layers.parameters() if p.ndim == 2)
+    for micro_batch_size in (None, 2):
+        gradients = estimate_calibration_memory(model, spec, 4, 16, micro_batch_size=micro_batch_size).gradients
+        assert 0 < gradients <= trained, micro_batch_size
+
+    projections = [m for m in layers.modules() if isinstance(m, (torch.nn.Linear, Conv1D))]
+    assert estimate.statistics == 3 * 8 * sum(m.weight.shape[0] + m.weight.shape[1] for m in projections)
+
+    (widths,) = {tuple(w.items()) for w in layer_widths(model, spec)}
+    widths = dict(widths)
+    hidden = model.get_input_embeddings().weight.shape[1]
+    attention = (2 * widths["num_attention_heads"] + 2 * widths["num_key_value_heads"]) * head_dim(model.config, spec)
+    per_token = 8 * hidden + 5 * widths["intermediate_size"] + attention
+    vocab = model.get_input_embeddings().weight.shape[0]
+    expected = 4 * 16 * (len(layers) * per_token * 4 + 3 * vocab * 4)
+    assert estimate.activations == pytest.approx(expected, rel=0.01)
 
 
 def test_each_knob_lowers_the_estimate():

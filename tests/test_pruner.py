@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_MODELS, VOCAB, make_tiny_model, masked_logits, run_python
 
 from optimum_hywia import HyWIAConfig, HyWIAPruner, load_pruned_model
-from optimum_hywia.configuration import IMPORTANCE_METHODS
+from optimum_hywia.importance import importance_names
 
 ARCHITECTURES = list(TINY_MODELS)
 LAYOUTS = ["uniform", "per_layer"]
@@ -23,7 +23,7 @@ def tiny_config(**overrides) -> HyWIAConfig:
     return HyWIAConfig(**settings)
 
 
-@pytest.mark.parametrize("importance", IMPORTANCE_METHODS)
+@pytest.mark.parametrize("importance", importance_names())
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_pruning_is_exact_and_meets_the_ratio(architecture, layout, importance, token_batch):
@@ -247,3 +247,19 @@ def test_fixed_blend_extremes_rank_like_their_single_estimator(layout, token_bat
     assert {key: len(groups) for key, groups in kept["alpha1-select"].items()} == {
         key: len(groups) for key, groups in kept["element1"].items()
     }
+
+
+def test_token_rows_are_pruned_with_as_given_unless_the_sizes_are_set(monkeypatch):
+    """A 2-D token tensor is N samples of length L: all of them are used (not 32 random ones of 128 tokens)."""
+    from optimum_hywia import scoring
+
+    shapes = []
+    real = scoring.prepare_calibration_data
+    monkeypatch.setattr(
+        scoring, "prepare_calibration_data", lambda *a, **k: shapes.append(real(*a, **k).shape) or real(*a, **k)
+    )
+    rows = torch.randint(3, 100, (40, 24), generator=torch.Generator().manual_seed(0))
+    HyWIAPruner(make_tiny_model("llama-gqa"), HyWIAConfig(importance="element1")).prune(rows, show_progress=False)
+    config = HyWIAConfig(importance="element1", num_calibration_samples=8, calibration_sequence_length=16)
+    HyWIAPruner(make_tiny_model("llama-gqa"), config).prune(rows, show_progress=False)
+    assert shapes == [(40, 24), (8, 16)]

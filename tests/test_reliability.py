@@ -344,13 +344,13 @@ def test_a_save_killed_mid_write_leaves_the_previous_checkpoint_or_nothing(tmp_p
 
 
 def test_an_overwrite_swaps_the_folders_in_one_step_where_the_os_can(tmp_path, monkeypatch):
-    from optimum_hywia import pruner as pruner_module
+    from optimum_hywia.saving import exchange_paths
 
     probe_a, probe_b = tmp_path / "a", tmp_path / "b"
     probe_a.mkdir()
     probe_b.mkdir()
     (probe_a / "marker").touch()
-    if not pruner_module._exchange_paths(probe_a, probe_b):
+    if not exchange_paths(probe_a, probe_b):
         pytest.skip("renameat2(RENAME_EXCHANGE) is not available on this OS / filesystem")
     assert (probe_b / "marker").exists() and not (probe_a / "marker").exists()
 

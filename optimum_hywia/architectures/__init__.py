@@ -47,6 +47,75 @@ def get_architecture(model_type_or_config: str | Any | None) -> ArchitectureSpec
     return spec.for_config(config) if config is not None else spec
 
 
+# The transformers Auto classes a model class can be loaded with, most specific first:
+# (Auto class, its class-name mapping in `transformers.models.auto.modeling_auto`,
+#  class-name endings that name it for a class transformers does not list (remote code, HyWIA overrides),
+#  pipeline task of the checkpoint)
+AUTO_CLASSES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+    (
+        "AutoModelForImageTextToText",
+        "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
+        ("ForConditionalGeneration",),
+        "image-text-to-text",
+    ),
+    ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES", ("ForCausalLM", "LMHeadModel"), "text-generation"),
+    ("AutoModelForMaskedLM", "MODEL_FOR_MASKED_LM_MAPPING_NAMES", ("ForMaskedLM",), "fill-mask"),
+    (
+        "AutoModelForSequenceClassification",
+        "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES",
+        ("ForSequenceClassification",),
+        "text-classification",
+    ),
+    (
+        "AutoModelForTokenClassification",
+        "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
+        ("ForTokenClassification",),
+        "token-classification",
+    ),
+    ("AutoModel", "MODEL_MAPPING_NAMES", (), "feature-extraction"),
+)
+# Auto classes whose models take `labels` and return the next-token loss (what LoRA recovery trains)
+GENERATIVE_AUTO_CLASSES = ("AutoModelForCausalLM", "AutoModelForImageTextToText")
+
+
+def auto_class_for(
+    model_class_name: str | None, auto_map: dict[str, Any] | None = None, preferred: str | None = None
+) -> str:
+    """The transformers Auto class that loads a model class, e.g. `"LlamaForCausalLM"` -> `"AutoModelForCausalLM"`.
+
+    In order: the `auto_map` entry (a checkpoint's remote code or HyWIA override) naming the class; `preferred` (the
+    family's `ArchitectureSpec.auto_class`) when transformers maps the class to it (Gemma 3's
+    `Gemma3ForConditionalGeneration` loads with both `AutoModelForImageTextToText` and `AutoModelForCausalLM`); the
+    most specific Auto class of `AUTO_CLASSES` that transformers maps the class to; the class-name ending
+    (`...ForCausalLM`); `AutoModel`. No class name: `AutoModelForCausalLM`.
+    """
+    if not model_class_name:
+        return "AutoModelForCausalLM"
+    for auto_class, reference in (auto_map or {}).items():
+        if isinstance(reference, str) and reference.rpartition(".")[2] == model_class_name:
+            return auto_class
+    from transformers.models.auto import modeling_auto
+
+    def maps(auto_class: str) -> bool:
+        mapping_name = next((mapping for name, mapping, _, _ in AUTO_CLASSES if name == auto_class), None)
+        return mapping_name is not None and model_class_name in getattr(modeling_auto, mapping_name, {}).values()
+
+    if preferred is not None and maps(preferred):
+        return preferred
+    for auto_class, _, _, _ in AUTO_CLASSES:
+        if maps(auto_class):
+            return auto_class
+    for auto_class, _, suffixes, _ in AUTO_CLASSES:
+        if suffixes and model_class_name.endswith(suffixes):
+            return auto_class
+    return "AutoModel"
+
+
+def pipeline_task_for(auto_class: str) -> str:
+    """The transformers pipeline task of the checkpoints an Auto class loads (`"feature-extraction"` if unknown)."""
+    return next((task for name, _, _, task in AUTO_CLASSES if name == auto_class), "feature-extraction")
+
+
 def _loads_with(spec: ArchitectureSpec) -> str:
     if spec.remote_code:
         return "its own remote code + override: `trust_remote_code=True`"
@@ -95,6 +164,8 @@ def architectures_markdown() -> str:
 
 
 __all__ = [
+    "AUTO_CLASSES",
+    "GENERATIVE_AUTO_CLASSES",
     "Alibi",
     "architectures_markdown",
     "ARCHITECTURES",
@@ -103,5 +174,7 @@ __all__ = [
     "Projection",
     "UnsupportedArchitectureError",
     "Variant",
+    "auto_class_for",
     "get_architecture",
+    "pipeline_task_for",
 ]

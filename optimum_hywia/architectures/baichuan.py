@@ -29,10 +29,7 @@ BAICHUAN = ArchitectureSpec(
     ),
     config_keys=ConfigKeys(num_kv_heads=None, head_dim=None),
     hidden_divisible_by_heads=False,
-    module_attributes=(
-        ("self_attn", "num_heads", "num_heads"),
-        ("self_attn", "hidden_size", "attention_width"),
-    ),
+    attention_width_attributes=("self_attn.hidden_size",),  # W_pack is split at self.hidden_size
     remote_code=True,
     variants=(
         Variant(

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 UnitSpace = Literal["q_heads", "kv_heads", "channels"]
 Layout = Literal["concat", "per_group"]
-# per-layer quantities a module attribute or a per-layer config key can hold (see `ArchitectureSpec.module_attributes`)
+# per-layer quantities a per-layer config key can hold (see `ArchitectureSpec.layer_config`)
 Quantity = Literal["num_heads", "num_kv_heads", "heads_per_kv", "attention_width", "kv_width", "intermediate_size"]
 # how a tensor passed to an attention module carries one slice per head (see `Alibi`)
 HeadLayout = Literal["batch_heads", "heads"]
@@ -114,8 +114,10 @@ class ArchitectureSpec:
         shared_kv: multi-query attention: one KV head read by every query head. The groups are then the query heads
             (with their `o` columns); the KV rows are shared and never removed. Set automatically when the config
             has a single KV head.
-        module_attributes: per-layer module attributes that cache a width, as (path relative to the layer,
-            attribute, quantity); the engine updates them after pruning and the modeling override at load.
+        residual_attributes, attention_width_attributes: for a family whose head size is `hidden_size // heads`,
+            the attention-module attributes (`"<path relative to the layer>.<attribute>"`) that hold `hidden_size`
+            in an unpruned model: whether each stays the residual width or follows the pruned heads. Every other
+            cached width is derived from the module's own class (`optimum_hywia.cached_widths`).
         layer_config: modules whose forward reads widths from `self.config`, as (path relative to the layer,
             config key, quantity); each such module gets its own config copy with its layer's widths.
         alibi: the attention module that receives the model's ALiBi bias and how (`Alibi`): pruned heads keep the
@@ -137,7 +139,8 @@ class ArchitectureSpec:
     hidden_divisible_by_heads: bool = True
     vanilla_loadable: bool = True
     shared_kv: bool = False
-    module_attributes: tuple[tuple[str, str, Quantity], ...] = ()
+    residual_attributes: tuple[str, ...] = ()
+    attention_width_attributes: tuple[str, ...] = ()
     layer_config: tuple[tuple[str, str, Quantity], ...] = ()
     alibi: Alibi | None = None
     remote_code: bool = False
@@ -178,7 +181,3 @@ class ArchitectureSpec:
                 shape = f"[{parts}]" if projection.layout == "concat" else f"per group [{parts}]"
                 described.append(f"`{projection.path}` {shape}")
         return described
-
-
-# Llama-style attention modules cache the query heads per KV head (changes only under multi-query pruning)
-KV_GROUPS_ATTRIBUTE = (("self_attn", "num_key_value_groups", "heads_per_kv"),)

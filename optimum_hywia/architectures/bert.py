@@ -18,10 +18,7 @@ BERT = ArchitectureSpec(
     ),
     config_keys=ConfigKeys(num_kv_heads=None, head_dim=None),
     hidden_divisible_by_heads=False,
-    module_attributes=(
-        ("attention.self", "num_attention_heads", "num_heads"),
-        ("attention.self", "all_head_size", "attention_width"),
-    ),
+    attention_width_attributes=("attention.self.all_head_size",),
     auto_class="AutoModel",
     notes="encoder: calibrated with a masked self-distillation loss; head size = hidden // heads in the config",
 )

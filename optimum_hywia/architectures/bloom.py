@@ -24,7 +24,8 @@ BLOOM = ArchitectureSpec(
     ),
     hidden_divisible_by_heads=False,
     vanilla_loadable=False,
-    module_attributes=(("self_attention", "num_heads", "num_heads"),),
+    # hidden_size: the width of `dense`'s input in the `slow_but_exact` path
+    attention_width_attributes=("self_attention.hidden_size", "self_attention.split_size"),
     alibi=Alibi("self_attention", (("alibi", "batch_heads"),)),
     notes="ALiBi slopes kept per original head; MLP width hard-coded 4*hidden: always the override",
 )

@@ -29,10 +29,8 @@ FALCON_GROUPED = ArchitectureSpec(
     ),
     config_keys=ConfigKeys(num_kv_heads="num_kv_heads", head_dim=None, intermediate_size="ffn_hidden_size"),
     hidden_divisible_by_heads=False,
-    module_attributes=(
-        ("self_attention", "num_heads", "num_heads"),
-        ("self_attention", "num_kv_heads", "num_kv_heads"),
-    ),
+    residual_attributes=("self_attention.hidden_size",),
+    attention_width_attributes=("self_attention.split_size",),
     notes="fused QKV layout from new_decoder_architecture / multi_query; ALiBi (Falcon-RW): slopes kept per "
     "original head",
 )
@@ -55,13 +53,6 @@ FALCON = replace(
                 config_keys=replace(FALCON_GROUPED.config_keys, num_kv_heads=None),
                 shared_kv=True,
             ),
-        ),
-        Variant(
-            "neither `multi_query` nor `new_decoder_architecture` (multi-head, Falcon-RW)",
-            lambda config: (
-                not getattr(config, "multi_query", False) and not getattr(config, "new_decoder_architecture", False)
-            ),
-            dict(config_keys=replace(FALCON_GROUPED.config_keys, num_kv_heads=None)),
         ),
         Variant(
             "`alibi=True` (Falcon-RW): ALiBi bias in `alibi` and in the 4-d `attention_mask`",

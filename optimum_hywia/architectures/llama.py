@@ -1,6 +1,6 @@
 """Llama family: LLaMA-1/2/3, Vicuna, SmolLM2 (separate q/k/v/o, SwiGLU MLP, GQA)."""
 
-from .base import KV_GROUPS_ATTRIBUTE, ArchitectureSpec, Projection
+from .base import ArchitectureSpec, Projection
 
 ATTENTION = (
     Projection("self_attn.q_proj", "out", "q_heads"),
@@ -20,5 +20,4 @@ LLAMA = ArchitectureSpec(
     layers="model.layers",
     attention=ATTENTION,
     mlp=MLP,
-    module_attributes=KV_GROUPS_ATTRIBUTE,
 )

@@ -18,6 +18,6 @@ OPT = ArchitectureSpec(
     ),
     config_keys=ConfigKeys(num_kv_heads=None, head_dim=None, intermediate_size="ffn_dim"),
     hidden_divisible_by_heads=False,
-    module_attributes=(("self_attn", "num_heads", "num_heads"),),
+    residual_attributes=("self_attn.embed_dim",),
     notes="head_dim = hidden_size // heads in the config: pruned heads need the override",
 )

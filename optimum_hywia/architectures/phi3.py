@@ -15,10 +15,6 @@ PHI3 = ArchitectureSpec(
         Projection("mlp.down_proj", "in", "channels"),
     ),
     hidden_divisible_by_heads=False,
-    module_attributes=(
-        ("self_attn", "num_key_value_groups", "heads_per_kv"),
-        ("self_attn", "num_key_value_heads", "num_kv_heads"),
-    ),
     # the attention splits the fused QKV at `self.config.num_attention_heads * head_dim`
     layer_config=(("self_attn", "num_attention_heads", "num_heads"),),
     notes="splits qkv at config.num_attention_heads: per-layer checkpoints give each attention its own config",

@@ -10,7 +10,8 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-IMPORTANCE_CHOICES = ("hywia", "element1", "element2", "vector", "l2", "random", "wanda_sp")
+from ..importance.registry import importance_names
+
 TASK_CHOICES = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -30,7 +31,7 @@ examples:
   %(prog)s HuggingFaceTB/SmolLM2-135M-Instruct -o smollm2-hywia-20
 
   # per-layer widths, 30%%, calibration text from a file, perplexity in the model card, then upload
-  %(prog)s ./my-llama -o my-llama-hywia-30 --ratio 0.3 --layout per_layer \\
+  %(prog)s ./my-llama -o my-llama-hywia-30 --pruning-ratio 0.3 --layout per_layer \\
       --calibration-data calib.txt --evaluate --push-to-hub me/my-llama-hywia-30 --private
 
   # a baseline: magnitude (L2) pruning, no calibration data needed
@@ -99,6 +100,9 @@ def _loading(parser: argparse.ArgumentParser, what: str) -> None:
     group = parser.add_argument_group("model loading")
     group.add_argument("model", help=f"{what}: a Hub id or a local folder")
     group.add_argument("--gguf-file", help="load this GGUF file of the folder/repo (dequantized to float)")
+    group.add_argument(
+        "--tokenizer", metavar="NAME_OR_PATH", help="load the tokenizer from this Hub id or folder (default: MODEL)"
+    )
     group.add_argument("--revision", help="Hub revision (branch, tag or commit)")
     group.add_argument("--dtype", default="auto", choices=DTYPES, help="weights dtype (default: the checkpoint's)")
     group.add_argument("--device", default="auto", help="'cpu', 'cuda', 'cuda:1', ... (default: cuda if available)")
@@ -128,9 +132,15 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists and is not empty")
     group = parser.add_argument_group("pruning (HyWIAConfig; see docs/method.md)")
     group.add_argument("--config", metavar="JSON", help="a hywia_config.json to start from; flags override it")
-    group.add_argument("--ratio", type=ratio, help="share of decoder-layer parameters to remove (default: 0.2)")
+    group.add_argument(
+        "--pruning-ratio",
+        "--ratio",
+        dest="pruning_ratio",
+        type=ratio,
+        help="share of decoder-layer parameters to remove (default: 0.2); --ratio is an alias",
+    )
     group.add_argument("--layout", choices=("uniform", "per_layer"), help="width layout (default: uniform)")
-    group.add_argument("--importance", choices=IMPORTANCE_CHOICES, help="importance estimator (default: hywia)")
+    group.add_argument("--importance", choices=importance_names(), help="importance method (default: hywia)")
     group.add_argument(
         "--fine-estimators",
         nargs="+",

@@ -11,6 +11,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from ..data.inputs import is_token_ids
+
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 BUILTIN_TEXTS = ("lambada", "wikipedia")
 
@@ -49,14 +51,22 @@ def prune(args: argparse.Namespace) -> None:
     _check_output(args.output, args.overwrite)
     device = _device(args.device)
     name, kwargs, description, fallback_id = _model_location(args)
+    calibration = None
+    if config.importance not in ("l2", "random"):
+        calibration = _calibration_data(args)
+    needs_tokenizer = args.evaluate or (calibration is not None and not is_token_ids(calibration))
+    tokenizer = _load_tokenizer(args, name, kwargs, required=needs_tokenizer, token_ids_help=True)
     _say(args, f"Loading {description}")
-    pruner = HyWIAPruner.from_pretrained(name, config=config, **kwargs)
+    if tokenizer is not None:
+        pruner = HyWIAPruner.from_pretrained(name, config=config, tokenizer=tokenizer, **kwargs)
+    else:  # token-id calibration or a weight-only method: a checkpoint without a tokenizer is pruned as is
+        from ..loading import model_loader
+
+        pruner = HyWIAPruner(model_loader(name, None, kwargs).from_pretrained(name, **kwargs), config)
+        pruner.source = describe_source(name, kwargs.get("gguf_file"))
     if fallback_id:
         pruner.source = ModelSource(fallback_id, describe_source(name, kwargs.get("gguf_file")).license, fallback_id)
     pruner.model.to(device)
-    calibration = None
-    if config.importance not in ("l2", "random"):
-        calibration = _calibration_texts(args)
     pruner.prune(calibration_data=calibration, show_progress=not args.quiet)
     folder = pruner.save_pretrained(args.output, overwrite=args.overwrite)
     report = pruner.report
@@ -65,7 +75,8 @@ def prune(args: argparse.Namespace) -> None:
         f"parameters ({report.achieved_ratio:.1%} of decoder-layer parameters removed). Saved to {folder}"
     )
     if args.evaluate:
-        results = {"perplexity": _perplexity(pruner.model, pruner.tokenizer, "wikipedia", 512, 20, args)}
+        # the defaults of `hywia evaluate` (prune has no --text/--sequence-length/--max-windows/--spread of its own)
+        results = {"perplexity": _perplexity(pruner.model, pruner.tokenizer, "wikipedia", 512, 20, False, args.quiet)}
         _save_results(folder, results)
         write_model_card(folder)
         _print_results(results)
@@ -77,7 +88,7 @@ def prune(args: argparse.Namespace) -> None:
 def _hywia_config(args: argparse.Namespace, config_class: Any) -> Any:
     values = config_class.from_pretrained(args.config).to_dict() if args.config else {}
     flags = {
-        "pruning_ratio": args.ratio,
+        "pruning_ratio": args.pruning_ratio,
         "layout": args.layout,
         "importance": args.importance,
         "fine_estimators": args.fine_estimators,
@@ -98,13 +109,12 @@ def _hywia_config(args: argparse.Namespace, config_class: Any) -> Any:
     return config_class.from_dict(values)
 
 
-def _calibration_texts(args: argparse.Namespace) -> Any:
-    data = load_data(args.calibration_data, args.dataset_config, args.dataset_split)
-    if isinstance(data, list) and data and not isinstance(data[0], str):
-        from ..recovery import _record_text
+def _calibration_data(args: argparse.Namespace) -> list[Any]:
+    """Texts or token-id sequences of --calibration-data (read and checked before the model loads)."""
+    from ..data.inputs import normalize_inputs
 
-        data = [_record_text(record) for record in data]
-    return data
+    data = load_data(args.calibration_data, args.dataset_config, args.dataset_split)
+    return normalize_inputs(data, f"--calibration-data {args.calibration_data}")
 
 
 # -------------------------------------------------------------------------------------------------------- evaluate
@@ -119,7 +129,9 @@ def evaluate(args: argparse.Namespace) -> None:
     model, tokenizer, _ = _load_for_use(args)
     results: dict[str, Any] = {}
     if not args.no_perplexity:
-        results["perplexity"] = _perplexity(model, tokenizer, args.text, args.sequence_length, args.max_windows, args)
+        results["perplexity"] = _perplexity(
+            model, tokenizer, args.text, args.sequence_length, args.max_windows, args.spread, args.quiet
+        )
     if tasks:
         from ..evaluation import evaluate_zero_shot
 
@@ -151,7 +163,9 @@ def _tasks(requested: list[str]) -> list[str]:
     return list(dict.fromkeys(requested))
 
 
-def _perplexity(model, tokenizer, source: str, sequence_length: int, max_windows: int, args) -> dict[str, Any]:
+def _perplexity(
+    model, tokenizer, source: str, sequence_length: int, max_windows: int, spread: bool, quiet: bool
+) -> dict[str, Any]:
     from ..evaluation import evaluation_text, perplexity
 
     if source in ("wikipedia", "wikitext2"):
@@ -160,18 +174,19 @@ def _perplexity(model, tokenizer, source: str, sequence_length: int, max_windows
         text, name = Path(source).read_text(encoding="utf-8"), Path(source).name
     else:
         raise CommandError(f"--text {source!r} is neither 'wikipedia', 'wikitext2' nor an existing text file.")
-    where = "evenly spaced over the text" if args.spread else "from the start of the text"
-    _say(args, f"Perplexity on {name}: {max_windows} windows of {sequence_length} tokens, {where}")
+    where = "evenly spaced over the text" if spread else "from the start of the text"
+    if not quiet:
+        print(f"Perplexity on {name}: {max_windows} windows of {sequence_length} tokens, {where}", file=sys.stderr)
     value = perplexity(
         model,
         tokenizer,
         text,
         sequence_length=sequence_length,
         max_windows=max_windows,
-        show_progress=not args.quiet,
-        spread=args.spread,
+        show_progress=not quiet,
+        spread=spread,
     )
-    result = {"perplexity": value, "sequence_length": sequence_length, "windows": max_windows, "spread": args.spread}
+    result = {"perplexity": value, "sequence_length": sequence_length, "windows": max_windows, "spread": spread}
     return {name: result}
 
 
@@ -225,8 +240,10 @@ def recover(args: argparse.Namespace) -> None:
     _check_output(args.output, args.overwrite)
     if not Path(args.model).is_dir() and not args.gguf_file:
         args.model = _download(args.model, args.revision)  # the pruning files are carried over from the folder
-    model, tokenizer, folder = _load_for_use(args)
     data = load_data(args.data, args.dataset_config, args.dataset_split)
+    from ..recovery import load_records
+
+    model, tokenizer, folder = _load_for_use(args, needs_tokenizer=not is_token_ids(load_records(data)))
     state_dir = Path(args.state_dir or f"{Path(args.output).resolve()}.recovery")
     model = run_recovery(model, tokenizer, data, config, output_dir=state_dir, show_progress=not args.quiet)
     log = model.hywia_recovery_log
@@ -242,7 +259,8 @@ def recover(args: argparse.Namespace) -> None:
 
 
 def load_data(source: str, config_name: str | None = None, split: str = "train") -> Any:
-    """Texts or records from a built-in text, a file, or a `datasets` dataset (name, config, split)."""
+    """Texts or records from a built-in text, a file, or a `datasets` dataset (name, config, split); what the
+    library's shared normaliser (`optimum_hywia.data.inputs.normalize_inputs`) accepts."""
     from ..data import lambada_texts, wikipedia_texts
 
     if source == "lambada":
@@ -250,9 +268,9 @@ def load_data(source: str, config_name: str | None = None, split: str = "train")
     if source == "wikipedia":
         return wikipedia_texts()
     if os.path.isfile(source):
-        from ..recovery import load_records
+        from ..data.inputs import read_file
 
-        return load_records(source)
+        return read_file(source, "data file")
     if os.path.exists(source) or source.startswith((".", "/", "~")) or Path(source).suffix in _FILE_SUFFIXES:
         raise CommandError(f"Data file {source!r} does not exist (or is a folder); pass a file, or 'lambada'.")
     from ..data.models import hub_reachable
@@ -311,24 +329,56 @@ def _model_location(args: argparse.Namespace) -> tuple[str, dict[str, Any], str,
     return name, kwargs, description, fallback
 
 
-def _load_for_use(args: argparse.Namespace) -> tuple[Any, Any, Path]:
-    """Model (moved to --device, in eval mode), tokenizer, and the local folder it came from."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_for_use(args: argparse.Namespace, needs_tokenizer: bool = True) -> tuple[Any, Any, Path]:
+    """Model (moved to --device, in eval mode), tokenizer (None only when not needed and missing), and the local
+    folder it came from."""
+    from transformers import AutoModelForCausalLM
 
     from ..modeling import load_pruned_model
 
     device = _device(args.device)
     name, kwargs, description, _ = _model_location(args)
+    tokenizer = _load_tokenizer(args, name, kwargs, required=needs_tokenizer)
     _say(args, f"Loading {description}")
     if kwargs.get("gguf_file") or kwargs.get("trust_remote_code"):
         model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
     else:
         model = load_pruned_model(name, **kwargs)
-    tokenizer_kwargs = {k: v for k, v in kwargs.items() if k in ("gguf_file", "revision", "trust_remote_code")}
-    tokenizer = AutoTokenizer.from_pretrained(name, **tokenizer_kwargs)
     model.to(device).eval()
     folder = Path(name) if Path(name).is_dir() else Path(model.name_or_path)
     return model, tokenizer, folder
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def _load_tokenizer(
+    args: argparse.Namespace, name: str, kwargs: dict[str, Any], required: bool, token_ids_help: bool = False
+) -> Any:
+    """The tokenizer of --tokenizer, else of the model; None when it does not load and is not `required`, else a
+    one-line error that says to pass --tokenizer (or, for prune, token-id calibration data)."""
+    from transformers import AutoTokenizer
+
+    source = args.tokenizer or name
+    keys = ("trust_remote_code",) if args.tokenizer else ("gguf_file", "revision", "trust_remote_code")
+    try:
+        return AutoTokenizer.from_pretrained(source, **{k: v for k, v in kwargs.items() if k in keys})
+    except Exception as error:  # transformers raises ValueError, OSError, TypeError... for a missing tokenizer
+        if not required:
+            return None
+        folder = Path(source)
+        if folder.is_dir() and not any((folder / file).is_file() for file in TOKENIZER_FILES):
+            reason = f"{source} holds no tokenizer files"
+        else:
+            reason = f"the tokenizer of {source} does not load ({_one_line(error).rstrip(':')})"
+        alternative = (
+            ", or token-id calibration data (--calibration-data: a .jsonl/.parquet file of input_ids records)"
+            if token_ids_help
+            else ""
+        )
+        raise CommandError(
+            f"{reason}: pass --tokenizer with the model's tokenizer (a folder or Hub id){alternative}."
+        ) from None
 
 
 def _device(requested: str) -> Any:

@@ -3,39 +3,24 @@
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from ..data.calibration import check_integer_ids, is_dataset, text_column
+from ..data.inputs import is_token_ids, normalize_inputs
 from ..offload import execution_device
 
 
 def _token_ids(text: Any, tokenizer: Any) -> torch.Tensor:
     """One 1-D LongTensor stream of token ids from any accepted `text`."""
-    if isinstance(text, torch.Tensor):
-        check_integer_ids(text, "Evaluation")
-        return text.flatten().long()
-    if is_dataset(text):
-        column = text_column(text)
-        if column is None:
-            raise ValueError(f"The evaluation dataset has no string column (columns: {text.column_names}).")
-        text = list(text[column])
-    if isinstance(text, os.PathLike) or (isinstance(text, str) and os.path.isfile(text)):
-        text = Path(text).read_text(encoding="utf-8")
-    if isinstance(text, (list, tuple)) and all(isinstance(item, str) for item in text):
-        text = "\n\n".join(text)
-    if not isinstance(text, str):
-        raise ValueError(
-            f"Unsupported evaluation text of type {type(text).__name__}: pass a string, a list of strings, a text "
-            "file path, a datasets.Dataset or token ids."
-        )
+    items = normalize_inputs(text, "evaluation text", raw_text=True)
+    if is_token_ids(items):
+        return torch.cat(items)
     if tokenizer is None:
         raise ValueError("Perplexity on text needs a tokenizer: pass tokenizer= (or token ids instead of text).")
-    return torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
+    joined = "\n\n".join(items)
+    return torch.tensor(tokenizer(joined, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
 
 
 def token_windows(
@@ -70,7 +55,8 @@ def perplexity(
     """exp(total NLL / predicted tokens) over consecutive `sequence_length`-token windows, each scored on its own.
 
     `text`: a string, a list of strings (joined by blank lines), a text file path, a `datasets.Dataset` (its `text`
-    column, else its first string column) or token ids. The first token of each window has no target; a tail
+    column, else its first string column, else `input_ids`) or token ids (1-D, or rows scored as one stream; see
+    `optimum_hywia.data.inputs.normalize_inputs`). The first token of each window has no target; a tail
     shorter than one window is dropped. `max_windows` keeps only the first windows, or with `spread=True` windows
     evenly spaced over the whole text (a sample of every part of a corpus rather than its first documents).
     """

@@ -1,20 +1,48 @@
-"""Importance estimators (fine- and coarse-grained Taylor scores, baselines) and their attention fusion."""
+"""The score stage's methods: the importance registry, HyWIA and its baselines, and what they are computed from.
 
-from .activations import ActivationStatistics, activation_scores
-from .estimators import GRADIENT_ESTIMATORS, gradient_scores, weight_scores
-from .fusion import AttentionFusion, FusionResult, HybridFusion
-from .masking import group_masks
-from .statistics import GradientStatistics
+Imported lazily, so that listing the registered names (`importance_names`, used by the CLI's `--importance`) does not
+import torch.
+"""
+
+from __future__ import annotations
+
+from ..lazy import lazy_getattr
+from . import registry
+from .registry import (
+    ENTRY_POINT_GROUP,
+    ImportanceMethod,
+    ScoringContext,
+    get_importance,
+    importance_markdown,
+    importance_names,
+    register_importance,
+)
+
+_EXPORTS = {
+    "ActivationStatistics": "activations",
+    "activation_scores": "activations",
+    "GRADIENT_ESTIMATORS": "estimators",
+    "gradient_scores": "estimators",
+    "weight_scores": "estimators",
+    "AttentionFusion": "fusion",
+    "FusionResult": "fusion",
+    "HybridFusion": "fusion",
+    "group_masks": "masking",
+    "GradientStatistics": "statistics",
+}
+
+
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
+
 
 __all__ = [
-    "GRADIENT_ESTIMATORS",
-    "ActivationStatistics",
-    "AttentionFusion",
-    "FusionResult",
-    "GradientStatistics",
-    "HybridFusion",
-    "activation_scores",
-    "gradient_scores",
-    "group_masks",
-    "weight_scores",
+    "ENTRY_POINT_GROUP",
+    "ImportanceMethod",
+    "ScoringContext",
+    "get_importance",
+    "importance_markdown",
+    "importance_names",
+    "register_importance",
+    "registry",
+    *_EXPORTS,
 ]

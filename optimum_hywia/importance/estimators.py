@@ -11,13 +11,13 @@ With `s = w * dL/dw` summed over the calibration batches and `F` the Fisher diag
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..groups import GroupSet
 from ..offload import module_tensor
 from .statistics import GradientStatistics
-
-GRADIENT_ESTIMATORS = ("element1", "element2", "vector")
 
 
 def group_sum(group_set: GroupSet, per_projection: list[torch.Tensor]) -> torch.Tensor:
@@ -28,32 +28,42 @@ def group_sum(group_set: GroupSet, per_projection: list[torch.Tensor]) -> torch.
     return total[:-1]
 
 
-def gradient_scores(method: str, statistics: GradientStatistics) -> dict[tuple[int, str], torch.Tensor]:
-    """Scores of one gradient-based estimator for every group set."""
-    if method not in GRADIENT_ESTIMATORS:
-        raise ValueError(f"{method!r} is not a gradient estimator; choose from {GRADIENT_ESTIMATORS}.")
+def _per_index(statistics: GradientStatistics, values: Callable) -> dict[tuple[int, str], torch.Tensor]:
     if statistics.num_batches == 0:
         raise ValueError("No calibration batch was run: gradient estimators need calibration data.")
-    scores = {}
-    for group_set in statistics.group_sets:
-        stats = statistics.stats[group_set.key]
-        if method == "element1":
-            values = [s.absolute for s in stats]
-        elif method == "element2":
-            values = [s.squared / statistics.num_batches for s in stats]
-        else:
-            values = [s.signed.abs() for s in stats]
-        scores[group_set.key] = group_sum(group_set, values)
-    return scores
+    return {
+        gs.key: group_sum(gs, [values(s, statistics) for s in statistics.stats[gs.key]]) for gs in statistics.group_sets
+    }
 
 
-def weight_scores(method: str, group_sets: list[GroupSet], seed: int = 0) -> dict[tuple[int, str], torch.Tensor]:
-    """Scores that need no gradients: `l2` and `random`."""
-    if method == "random":
-        generator = torch.Generator().manual_seed(seed)
-        return {gs.key: torch.rand(gs.num_groups, generator=generator, dtype=torch.float64) for gs in group_sets}
-    if method != "l2":
-        raise ValueError(f"{method!r} is not a weight-only estimator; choose 'l2' or 'random'.")
+def element1_scores(statistics: GradientStatistics) -> dict[tuple[int, str], torch.Tensor]:
+    return _per_index(statistics, lambda s, _: s.absolute)
+
+
+def element2_scores(statistics: GradientStatistics) -> dict[tuple[int, str], torch.Tensor]:
+    return _per_index(statistics, lambda s, st: s.squared / st.num_batches)
+
+
+def vector_scores(statistics: GradientStatistics) -> dict[tuple[int, str], torch.Tensor]:
+    return _per_index(statistics, lambda s, _: s.signed.abs())
+
+
+GRADIENT_ESTIMATORS: dict[str, Callable[[GradientStatistics], dict]] = {
+    "element1": element1_scores,
+    "element2": element2_scores,
+    "vector": vector_scores,
+}
+
+
+def gradient_scores(method: str, statistics: GradientStatistics) -> dict[tuple[int, str], torch.Tensor]:
+    """Scores of one gradient-based estimator, by name, for every group set."""
+    if method not in GRADIENT_ESTIMATORS:
+        raise ValueError(f"{method!r} is not a gradient estimator; choose from {tuple(GRADIENT_ESTIMATORS)}.")
+    return GRADIENT_ESTIMATORS[method](statistics)
+
+
+def l2_scores(group_sets: list[GroupSet]) -> dict[tuple[int, str], torch.Tensor]:
+    """The L2 norm of every group's weights (and sliced bias rows)."""
     scores = {}
     for group_set in group_sets:
         values = []
@@ -66,3 +76,18 @@ def weight_scores(method: str, group_sets: list[GroupSet], seed: int = 0) -> dic
             values.append(per_index.cpu())
         scores[group_set.key] = group_sum(group_set, values).sqrt()
     return scores
+
+
+def random_scores(group_sets: list[GroupSet], seed: int = 0) -> dict[tuple[int, str], torch.Tensor]:
+    """Uniform noise per group, seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    return {gs.key: torch.rand(gs.num_groups, generator=generator, dtype=torch.float64) for gs in group_sets}
+
+
+def weight_scores(method: str, group_sets: list[GroupSet], seed: int = 0) -> dict[tuple[int, str], torch.Tensor]:
+    """Scores that need no gradients, by name: `l2` and `random`."""
+    if method == "random":
+        return random_scores(group_sets, seed)
+    if method != "l2":
+        raise ValueError(f"{method!r} is not a weight-only estimator; choose 'l2' or 'random'.")
+    return l2_scores(group_sets)

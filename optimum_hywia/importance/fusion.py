@@ -25,14 +25,13 @@ from tqdm.auto import tqdm
 from transformers.utils import logging
 
 from ..allocation import PruningPlan
-from ..groups import GroupSet
+from ..groups import GroupSet, Key
 from ..offload import execution_device
 from .masking import group_masks
 from .statistics import calibration_loss, check_finite
 
 logger = logging.get_logger(__name__)
 
-Key = tuple[int, str]
 EPS = 1e-12
 NUM_FEATURES = 6
 
@@ -111,8 +110,6 @@ class HybridFusion:
         hidden_size: int = 8,
         seed: int = 0,
         fixed_alpha: float | None = None,
-        blend: str = "arithmetic",
-        straight_through: bool = False,
         objective: str = "distillation",
     ):
         if not fine:
@@ -122,8 +119,6 @@ class HybridFusion:
         self.fixed_alpha = fixed_alpha
         self.num_fine = len(fine)
         self.plan = plan
-        self.blend = blend
-        self.straight_through = straight_through
         estimates = [*fine, coarse]
         self.relative = [torch.stack([relative(e[gs.key]) for e in estimates]).float() for gs in group_sets]
         # slot levels: each estimate's importance per parameter, scaled to mean 1 over slots (only ratios matter)
@@ -154,13 +149,8 @@ class HybridFusion:
         per_layer = self.plan.layout == "per_layer"
         fused = {}
         for i, group_set in enumerate(self.group_sets):
-            if self.blend == "geometric":
-                blend = (alpha[i] @ self.relative[i].clamp_min(EPS).log()).exp()
-                blend = blend / blend.mean()
-                fused[group_set.key] = blend * (alpha[i] @ self.levels[i]) if per_layer else blend
-            else:
-                weights = alpha[i] * self.levels[i] if per_layer else alpha[i]
-                fused[group_set.key] = weights @ self.relative[i]
+            weights = alpha[i] * self.levels[i] if per_layer else alpha[i]
+            fused[group_set.key] = weights @ self.relative[i]
         return fused
 
     def soft_masks(self, scores: dict[Key, torch.Tensor], temperature: float) -> dict[Key, torch.Tensor]:
@@ -175,8 +165,7 @@ class HybridFusion:
                 z = log_scores[group_set.key]
                 ordered = z.detach().sort(descending=True).values
                 tau = (ordered[kept - 1] + ordered[kept]) / 2
-                soft = torch.sigmoid((z - tau) / (temperature * z.detach().std().clamp_min(EPS)))
-                masks[group_set.key] = self._hard(soft, z > tau)
+                masks[group_set.key] = torch.sigmoid((z - tau) / (temperature * z.detach().std().clamp_min(EPS)))
             return masks
         z_all = torch.cat([log_scores[gs.key].detach() for gs in self.group_sets])
         params = torch.cat([torch.full((gs.num_groups,), float(gs.params_per_group)) for gs in self.group_sets])
@@ -185,15 +174,7 @@ class HybridFusion:
         cut = int(torch.searchsorted(kept_params, kept_params[-1] - self.plan.remove_params).clamp(max=len(order) - 1))
         tau = z_all[order[cut]]
         scale = temperature * z_all.std().clamp_min(EPS)
-        return {
-            gs.key: self._hard(torch.sigmoid((log_scores[gs.key] - tau) / scale), log_scores[gs.key] > tau)
-            for gs in self.group_sets
-        }
-
-    def _hard(self, soft: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        if not self.straight_through:
-            return soft
-        return keep.to(soft.dtype) + soft - soft.detach()
+        return {gs.key: torch.sigmoid((log_scores[gs.key] - tau) / scale) for gs in self.group_sets}
 
     def train(
         self,

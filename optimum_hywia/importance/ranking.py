@@ -17,12 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..allocation import PruningPlan, select_groups
-from ..groups import GroupSet
+from ..groups import GroupSet, Key
 from ..offload import execution_device
 from .masking import group_masks
 from .statistics import calibration_loss, check_finite
 
-Key = tuple[int, str]
 FUSED = "fused"
 KIND_ORDER = ("mlp", "attention")  # the kind holding most parameters first (coordinate-wise choice)
 

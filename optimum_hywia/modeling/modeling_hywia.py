@@ -12,8 +12,7 @@ it is built, before the weights are loaded, from data in the config:
 - `hywia_alibi_heads` {path: [original head index, ...]}: ALiBi attention modules receive the bias of their kept
   heads only, so every head keeps the slope of its original index; `hywia_alibi_inputs` {argument: layout} names the
   per-head tensors they receive (`"batch_heads"`: `[batch * heads, ...]` or `[batch, heads, ...]`, BLOOM's and
-  Falcon's `alibi`; `"heads"`: `[..., heads, query, key]`, Baichuan-13B's `attention_mask`, Falcon's 4-d mask);
-  absent: `{"alibi": "batch_heads"}`.
+  Falcon's `alibi`; `"heads"`: `[..., heads, query, key]`, Baichuan-13B's `attention_mask`, Falcon's 4-d mask).
 
 Everything else (attention, rotary, KV cache, generation) is the base implementation.
 """
@@ -29,7 +28,6 @@ from torch import nn
 CLASS_PREFIX = "HyWIA"
 AUTO_MAP_MODULE = "modeling_hywia"
 STRUCTURE_KEYS = ("hywia_module_attributes", "hywia_module_configs", "hywia_alibi_heads", "hywia_alibi_inputs")
-DEFAULT_ALIBI_INPUTS = {"alibi": "batch_heads"}  # BLOOM (checkpoints saved before hywia_alibi_inputs existed)
 
 
 def _submodule(model: nn.Module, path: str) -> nn.Module:
@@ -123,7 +121,9 @@ def apply_pruned_structure(model: nn.Module, structure: dict, num_heads: int | N
     alibi_heads = structure.get("hywia_alibi_heads") or {}
     if alibi_heads:
         total = num_heads or structure.get("hywia_alibi_total_heads")
-        inputs = dict(structure.get("hywia_alibi_inputs") or DEFAULT_ALIBI_INPUTS)
+        inputs = structure.get("hywia_alibi_inputs")
+        if not inputs:
+            raise ValueError("The config lists hywia_alibi_heads without hywia_alibi_inputs: re-save the checkpoint.")
         for path, heads in alibi_heads.items():
             module = _submodule(model, path)
             handle = getattr(module, "_hywia_alibi_hook", None)

@@ -18,6 +18,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .configuration_baichuan import BaichuanConfig
 
+# transformers 5.25 renamed the KV-cache argument and output field `past_key_values` to `cache`
+CACHE = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 
 def _get_interleave(n):
     def _get_interleave_power_of_2(n):
@@ -196,6 +199,7 @@ class BaichuanModel(BaichuanPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, cache=None, inputs_embeds=None, use_cache=None, **kwargs):
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        cache = kwargs.get("past_key_values") if cache is None else cache
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         if inputs_embeds is None:
@@ -227,7 +231,9 @@ class BaichuanModel(BaichuanPreTrainedModel):
                 past_key_value=cache if use_cache else None,
                 use_cache=use_cache,
             )
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache if use_cache else None)
+        return BaseModelOutputWithPast(
+            last_hidden_state=self.norm(hidden_states), **{CACHE: cache if use_cache else None}
+        )
 
 
 class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
@@ -246,6 +252,7 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
     def forward(
         self, input_ids=None, attention_mask=None, cache=None, inputs_embeds=None, labels=None, use_cache=None, **kwargs
     ):
+        cache = kwargs.get("past_key_values") if cache is None else cache
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -258,4 +265,4 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
         if labels is not None:
             shift_logits = logits[..., :-1, :].contiguous().float()
             loss = nn.functional.cross_entropy(shift_logits.view(-1, logits.shape[-1]), labels[..., 1:].reshape(-1))
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE: getattr(outputs, CACHE)})

@@ -15,6 +15,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .configuration_baichuan import BaichuanConfig
 
+# transformers 5.25 renamed the KV-cache argument and output field `past_key_values` to `cache`
+CACHE = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size, epsilon=1e-6):
@@ -127,6 +130,7 @@ class BaichuanModel(BaichuanPreTrainedModel):
 
     def forward(self, input_ids=None, cache=None, use_cache=None, inputs_embeds=None, **kwargs):
         use_cache = self.config.use_cache if use_cache is None else use_cache
+        cache = kwargs.get("past_key_values") if cache is None else cache
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         hidden_states = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
@@ -134,7 +138,9 @@ class BaichuanModel(BaichuanPreTrainedModel):
         positions = torch.arange(past, past + hidden_states.shape[1], device=hidden_states.device)
         for layer in self.layers:
             hidden_states = layer(hidden_states, positions, cache if use_cache else None)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache if use_cache else None)
+        return BaseModelOutputWithPast(
+            last_hidden_state=self.norm(hidden_states), **{CACHE: cache if use_cache else None}
+        )
 
 
 class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
@@ -151,10 +157,11 @@ class BaichuanForCausalLM(BaichuanPreTrainedModel, GenerationMixin):
         self.model.embed_tokens = value
 
     def forward(self, input_ids=None, cache=None, labels=None, use_cache=None, inputs_embeds=None, **kwargs):
+        cache = kwargs.get("past_key_values") if cache is None else cache
         outputs = self.model(input_ids=input_ids, cache=cache, use_cache=use_cache, inputs_embeds=inputs_embeds)
         logits = self.lm_head(outputs.last_hidden_state)
         loss = None
         if labels is not None:
             shift_logits = logits[..., :-1, :].contiguous().float()
             loss = nn.functional.cross_entropy(shift_logits.view(-1, logits.shape[-1]), labels[..., 1:].reshape(-1))
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE: getattr(outputs, CACHE)})

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 import torch
 from tqdm.auto import tqdm
 
-from ..offload import execution_device
-from . import statistics as lean_statistics
-from .statistics import GradientStatistics, calibration_loss, check_finite
+from optimum_hywia.importance import statistics as lean_statistics
+from optimum_hywia.importance.statistics import GradientStatistics, calibration_loss, check_finite
+from optimum_hywia.offload import execution_device
 
 
 class FullGradientStatistics(GradientStatistics):

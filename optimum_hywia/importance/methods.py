@@ -1,0 +1,135 @@
+"""The built-in importance methods: HyWIA and the baselines it is compared with (registered in `registry`)."""
+
+from __future__ import annotations
+
+import time
+
+from .activations import ActivationStatistics, activation_scores
+from .estimators import gradient_scores, l2_scores, random_scores
+from .fusion import HybridFusion
+from .ranking import FUSED, choose_rankings, rank_slots
+from .registry import ImportanceMethod, ScoringContext
+
+
+class HyWIA(ImportanceMethod):
+    description = (
+        "fine-grained (element1/element2) and coarse-grained (vector) Taylor scores blended per layer and module kind "
+        "by an attention module trained through soft masks; a hard-masked pass chooses the ranking inside layers"
+    )
+    needs_calibration = needs_gradients = uses_fusion = True
+    per_parameter = False  # the fused scores are trained against the per-layer budget directly
+
+    def score(self, context: ScoringContext):
+        from ..distributed import RowShardedModel, distributed_world, summed_gradients
+
+        config = context.config
+        statistics = context.gradient_statistics()
+        fine = [gradient_scores(name, statistics) for name in config.fine_estimators]
+        coarse = gradient_scores("vector", statistics)
+        start = time.perf_counter()
+        fusion = HybridFusion(
+            context.group_sets,
+            fine,
+            coarse,
+            context.plan,
+            context.num_layers,
+            config.fusion_hidden_size,
+            config.seed,
+            config.fusion_alpha,
+            objective=config.fusion_objective,
+        )
+        runner = context.calibration_runner()
+        trainer = RowShardedModel(runner) if distributed_world()[1] > 1 else runner
+        with summed_gradients(fusion.module):
+            result = fusion.train(
+                trainer,
+                context.batches,
+                config.fusion_steps,
+                config.fusion_learning_rate,
+                config.fusion_temperature,
+                context.progress,
+            )
+        context.seconds["fusion"] = time.perf_counter() - start
+        estimates = dict(zip((*config.fine_estimators, "vector"), (*fine, coarse)))
+        if config.fusion_ranking == "select":
+            start = time.perf_counter()
+            choice = choose_rankings(
+                trainer,
+                context.batches,
+                context.group_sets,
+                context.plan,
+                result.scores,
+                estimates,
+                config.fusion_objective,
+                context.progress,
+            )
+            result.scores, result.ranking, result.ranking_losses = choice.scores, choice.chosen, choice.losses
+            context.seconds["ranking"] = time.perf_counter() - start
+        elif config.fusion_ranking != FUSED:
+            result.ranking = {kind: config.fusion_ranking for kind in config.group_kinds}
+            result.scores = rank_slots(context.group_sets, result.scores, estimates, result.ranking)
+        return result.scores, result
+
+
+class _GradientEstimator(ImportanceMethod):
+    needs_calibration = needs_gradients = True
+
+    def score(self, context: ScoringContext):
+        return gradient_scores(self.name, context.gradient_statistics())
+
+
+class Element1(_GradientEstimator):
+    description = "first-order Taylor: sum over the group of abs(w · dL/dw) (LLM-Pruner's element¹)"
+
+
+class Element2(_GradientEstimator):
+    description = "second-order Taylor with the Fisher diagonal: sum over the group of w·F·w (LLM-Pruner's element²)"
+
+
+class Vector(_GradientEstimator):
+    description = "coarse-grained Taylor: sum over the group's weight vectors of abs(sum of w · dL/dw) (LLM-Pruner)"
+
+
+class L2(ImportanceMethod):
+    description = "L2 norm of the group's weights"
+
+    def score(self, context: ScoringContext):
+        return l2_scores(context.group_sets)
+
+
+class Random(ImportanceMethod):
+    description = "uniform noise (seeded): the floor every method must beat"
+
+    def score(self, context: ScoringContext):
+        return random_scores(context.group_sets, context.config.seed)
+
+
+class WandaSP(ImportanceMethod):
+    description = "FLAP's Wanda-sp: abs(W) · ‖X‖ of the o_proj/down_proj input columns (forward passes only)"
+    needs_calibration = needs_activations = True
+
+    def score(self, context: ScoringContext):
+        config = context.config
+        start = time.perf_counter()
+        activations = ActivationStatistics(context.group_sets)  # every rank runs every batch
+        activations.collect(
+            context.model,
+            context.batches,
+            context.progress,
+            config.calibration_micro_batch_size,
+            config.autocast_dtype,
+        )
+        context.seconds["activations"] = time.perf_counter() - start
+        return activation_scores(activations)
+
+
+# registered by `registry` on first use, in this order (`registry.BUILT_IN`)
+BUILT_IN_METHODS: dict[str, type[ImportanceMethod]] = {
+    "hywia": HyWIA,
+    "element1": Element1,
+    "element2": Element2,
+    "vector": Vector,
+    "l2": L2,
+    "random": Random,
+    "wanda_sp": WandaSP,
+}

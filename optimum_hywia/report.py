@@ -1,0 +1,92 @@
+"""`PruningReport`: what a pruning run did, saved as `hywia_report.json` next to the pruned model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .groups import GroupSet, build_group_sets
+from .importance.fusion import FusionResult
+from .surgery import layer_widths
+
+
+@dataclass
+class PruningReport:
+    """What a pruning run did: sizes before and after, per-layer widths, kept groups, the learned blend."""
+
+    importance: str
+    layout: str
+    pruning_ratio: float
+    pruned_layers: list[int]
+    params_before: int
+    params_after: int
+    decoder_params_before: int
+    decoder_params_after: int
+    achieved_ratio: float
+    vanilla_config: bool
+    layers: list[dict[str, Any]] = field(default_factory=list)
+    kept_groups: dict[str, list[int]] = field(default_factory=dict)
+    fusion_alpha: dict[str, list[float]] = field(default_factory=dict)  # "layer.kind": fine_estimators..., vector
+    fusion_losses: list[float] = field(default_factory=list)
+    fusion_ranking: dict[str, str] = field(default_factory=dict)  # kind: the estimate ranking groups inside slots
+    ranking_losses: dict[str, dict[str, float]] = field(default_factory=dict)  # kind: candidate: hard-mask loss
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_json_string(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Parameters of `model`, tied ones once."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def build_report(
+    model,
+    spec,
+    config,
+    all_sets: list[GroupSet],
+    kept: dict,
+    fusion: FusionResult | None,
+    layer_range: range,
+    params_before: int,
+    widths_before: list[dict[str, int]],
+    vanilla: bool,
+) -> PruningReport:
+    """The report of a finished run, read from the pruned model and the sets it was pruned with."""
+    total_params = sum(gs.num_groups * gs.params_per_group for gs in all_sets)
+    after_sets = build_group_sets(model, spec, range(len(widths_before)), ("attention", "mlp"))
+    decoder_after = sum(gs.num_groups * gs.params_per_group for gs in after_sets)
+    widths_after = layer_widths(model, spec)
+    layers = []
+    for layer, (before, after) in enumerate(zip(widths_before, widths_after)):
+        params = [
+            sum(gs.num_groups * gs.params_per_group for gs in sets if gs.layer == layer)
+            for sets in (all_sets, after_sets)
+        ]
+        layers.append(
+            {"layer": layer, "before": before, "after": after, "params_before": params[0], "params_after": params[1]}
+        )
+    return PruningReport(
+        importance=config.importance,
+        layout=config.layout,
+        pruning_ratio=config.pruning_ratio,
+        pruned_layers=list(layer_range),
+        params_before=params_before,
+        params_after=count_parameters(model),
+        decoder_params_before=total_params,
+        decoder_params_after=decoder_after,
+        achieved_ratio=1 - decoder_after / total_params,
+        vanilla_config=vanilla,
+        layers=layers,
+        kept_groups={f"{layer}.{kind}": indices.tolist() for (layer, kind), indices in kept.items()},
+        fusion_alpha={f"{layer}.{kind}": list(alpha) for (layer, kind), alpha in fusion.alpha.items()}
+        if fusion
+        else {},
+        fusion_losses=fusion.losses if fusion else [],
+        fusion_ranking=fusion.ranking if fusion else {},
+        ranking_losses=fusion.ranking_losses if fusion else {},
+    )
