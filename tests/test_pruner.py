@@ -263,3 +263,22 @@ def test_token_rows_are_pruned_with_as_given_unless_the_sizes_are_set(monkeypatc
     config = HyWIAConfig(importance="element1", num_calibration_samples=8, calibration_sequence_length=16)
     HyWIAPruner(make_tiny_model("llama-gqa"), config).prune(rows, show_progress=False)
     assert shapes == [(40, 24), (8, 16)]
+
+
+def test_user_facing_output_names_the_plan_and_shows_the_memory_estimate_once(capsys, caplog):
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_propagation()
+    try:
+        with caplog.at_level(logging.INFO, logger="optimum_hywia"):
+            pruner = HyWIAPruner(make_tiny_model("llama-gqa"), HyWIAConfig(importance="element1", fusion_steps=1))
+            rows = torch.randint(3, 100, (8, 24), generator=torch.Generator().manual_seed(0))
+            pruner.prune(rows, show_progress=True)
+    finally:
+        hf_logging.disable_propagation()
+    printed = capsys.readouterr()
+    everything = printed.out + printed.err + caplog.text
+    assert everything.count("calibration memory estimate") == 1
+    assert "PruningPlan(" not in everything and "uniform, remove " in caplog.text
