@@ -27,9 +27,9 @@ def score_groups(
     """Scores of every group set by `config.importance` (a registry entry), and HyWIA's fusion result if any."""
     method = get_importance(config.importance)
     batches = None
-    if _needs_data(method):
+    if method.needs_data:
         if calibration_data is None:
-            without = [name for name in importance_names() if not _needs_data(get_importance(name))]
+            without = [name for name in importance_names() if not get_importance(name).needs_data]
             raise ValueError(
                 f"importance={config.importance!r} needs calibration_data (a list of strings, a datasets.Dataset, a "
                 f"text file or token ids); only {without} prune without it."
@@ -55,7 +55,3 @@ def score_groups(
     if method.per_parameter and config.layout == "per_layer":  # groups of different sizes compare per parameter
         scores = {gs.key: scores[gs.key] / gs.params_per_group for gs in group_sets}
     return scores, fusion
-
-
-def _needs_data(method) -> bool:
-    return method.needs_calibration or method.needs_gradients or method.needs_activations

@@ -52,7 +52,9 @@ def prune(args: argparse.Namespace) -> None:
     device = _device(args.device)
     name, kwargs, description, fallback_id = _model_location(args)
     calibration = None
-    if config.importance not in ("l2", "random"):
+    from ..importance import get_importance
+
+    if get_importance(config.importance).needs_data:
         calibration = _calibration_data(args)
     needs_tokenizer = args.evaluate or (calibration is not None and not is_token_ids(calibration))
     tokenizer = _load_tokenizer(args, name, kwargs, required=needs_tokenizer, token_ids_help=True)

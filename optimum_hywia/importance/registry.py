@@ -58,6 +58,11 @@ class ImportanceMethod(ABC):
     uses_fusion: ClassVar[bool] = False
     per_parameter: ClassVar[bool] = True
 
+    @property
+    def needs_data(self) -> bool:
+        """Whether the method reads calibration batches (any of the passes above)."""
+        return self.needs_calibration or self.needs_gradients or self.needs_activations
+
     @abstractmethod
     def score(self, context: ScoringContext) -> Scores | tuple[Scores, FusionResult]:
         """Scores of every group set of `context.group_sets` (one value per group), optionally with a fusion result."""
