@@ -53,13 +53,8 @@ def reference_config(config, spec: ArchitectureSpec, kind: str, widths: Widths):
     Where the family's config has no head-size key, fewer heads of the same size need a smaller `hidden_size`.
     Returns `None` when the config cannot describe the widths (an MLP width hard-coded from `hidden_size`).
     """
-    from .surgery import OVERRIDE_KEYS
-
     keys = spec.config_keys
-    config = copy.deepcopy(config)
-    for key in (*OVERRIDE_KEYS, "auto_map"):
-        if hasattr(config, key):
-            delattr(config, key)
+    config = base_config(config)
     target = spec.widths_config(config)
     if kind == "mlp":
         if keys.intermediate_size is None:
@@ -75,6 +70,17 @@ def reference_config(config, spec: ArchitectureSpec, kind: str, widths: Widths):
     setattr(target, keys.num_heads, heads)
     if keys.num_kv_heads:
         setattr(target, keys.num_kv_heads, widths["num_key_value_heads"])
+    return config
+
+
+def base_config(config):
+    """A copy of `config` without the HyWIA override's keys: what the family's own class builds from."""
+    from .surgery import OVERRIDE_KEYS
+
+    config = copy.deepcopy(config)
+    for key in (*OVERRIDE_KEYS, "auto_map"):
+        if hasattr(config, key):
+            delattr(config, key)
     return config
 
 
@@ -133,8 +139,7 @@ def derived_attributes(model: nn.Module, spec: ArchitectureSpec, widths: list[Wi
     """
     model_class = _base_class(model)
     layers_path, _ = decoder_layers(model, spec)
-    unpruned_config = reference_config(model.config, spec, "attention", _config_widths(model.config, spec))
-    unpruned_layers = build_on_meta(model_class, unpruned_config).get_submodule(layers_path)
+    unpruned_layers = build_on_meta(model_class, base_config(model.config)).get_submodule(layers_path)
     unpruned_widths = _config_widths(model.config, spec)
     hidden = getattr(spec.widths_config(model.config), spec.config_keys.hidden_size)
     derived: dict[str, dict[str, int]] = {}

@@ -11,7 +11,14 @@ from optimum_hywia import HyWIAConfig
 from optimum_hywia.allocation import plan_pruning, select_groups
 from optimum_hywia.architectures import get_architecture
 from optimum_hywia.groups import build_group_sets
-from optimum_hywia.importance import GradientStatistics, HybridFusion, gradient_scores, group_masks, weight_scores
+from optimum_hywia.importance import (
+    GradientStatistics,
+    HybridFusion,
+    gradient_scores,
+    group_masks,
+    l2_scores,
+    random_scores,
+)
 from optimum_hywia.importance.estimators import group_sum
 from optimum_hywia.importance.statistics import calibration_loss
 from optimum_hywia.memory import CalibrationModel
@@ -75,10 +82,10 @@ def test_lean_statistics_equal_the_full_gradient_computation(architecture, token
             torch.testing.assert_close(lean[key], expected.double(), rtol=1e-4, atol=1e-9)
 
 
-def test_weight_scores_l2_and_random():
+def test_l2_and_random_scores():
     model = make_tiny_model("llama-gqa")
     group_sets = build_group_sets(model, SPEC, range(2), KINDS)
-    l2 = weight_scores("l2", group_sets)
+    l2 = l2_scores(group_sets)
     mlp = model.model.layers[0].mlp
     expected = (
         mlp.gate_proj.weight[5].square().sum()
@@ -86,7 +93,7 @@ def test_weight_scores_l2_and_random():
         + mlp.down_proj.weight[:, 5].square().sum()
     ).sqrt()
     assert float(l2[(0, "mlp")][5]) == pytest.approx(float(expected.detach()), rel=1e-5)
-    first, second = weight_scores("random", group_sets, seed=3), weight_scores("random", group_sets, seed=3)
+    first, second = random_scores(group_sets, seed=3), random_scores(group_sets, seed=3)
     assert all(torch.equal(first[key], second[key]) for key in first)
 
 

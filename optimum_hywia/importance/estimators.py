@@ -82,12 +82,3 @@ def random_scores(group_sets: list[GroupSet], seed: int = 0) -> dict[tuple[int, 
     """Uniform noise per group, seeded."""
     generator = torch.Generator().manual_seed(seed)
     return {gs.key: torch.rand(gs.num_groups, generator=generator, dtype=torch.float64) for gs in group_sets}
-
-
-def weight_scores(method: str, group_sets: list[GroupSet], seed: int = 0) -> dict[tuple[int, str], torch.Tensor]:
-    """Scores that need no gradients, by name: `l2` and `random`."""
-    if method == "random":
-        return random_scores(group_sets, seed)
-    if method != "l2":
-        raise ValueError(f"{method!r} is not a weight-only estimator; choose 'l2' or 'random'.")
-    return l2_scores(group_sets)
