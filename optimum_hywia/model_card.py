@@ -100,7 +100,11 @@ def build_model_card(
 
     model_type = model_config.get("model_type")
     auto_class, task = _task(model_config)
-    tags = [*TAGS, *([model_type] if model_type else []), *(["lora-recovered"] if recovery else [])]
+    tags = [
+        *TAGS,
+        *([model_type] if model_type else []),
+        *(["lora-recovered"] if recovery and recovery.get("config", {}).get("method", "lora") == "lora" else []),
+    ]
     data = ModelCardData(
         base_model=source.base_model,
         library_name="transformers",
@@ -267,12 +271,27 @@ def _recovery_section(recovery: dict | None) -> str:
     config = recovery.get("config", {})
     initial, final = recovery.get("initial_loss"), recovery.get("final_loss")
     loss = f" Training loss {initial:.3f} → {final:.3f}." if initial is not None and final is not None else ""
+    if config.get("objective") == "distillation":
+        teacher = f"`{recovery['teacher']}`" if recovery.get("teacher") else "the dense model"
+        weight = config.get("distillation_weight", 1.0)
+        mix = f", mixed {weight:g} : {1 - weight:g} with the LM loss" if weight < 1 else ""
+        objective = f"distilled from {teacher} (KL, temperature {config.get('temperature', 1.0):g}{mix}); "
+    else:
+        objective = ""
+    batches = (
+        f"{recovery.get('steps')} steps of {config.get('batch_size')}×{config.get('gradient_accumulation_steps', 1)} "
+        f"sequences of {config.get('sequence_length')} tokens, {recovery.get('data_format')} data"
+    )
+    if config.get("method") == "full":
+        return (
+            "## Recovery fine-tuning\n\n"
+            f"After pruning, every weight of the model was fine-tuned ({objective}learning rate "
+            f"{config.get('learning_rate')}, {batches}).{loss}"
+        )
     return (
         "## LoRA recovery\n\n"
-        f"After pruning, the model was fine-tuned with LoRA (rank {config.get('rank')}, alpha {config.get('alpha')}, "
-        f"learning rate {config.get('learning_rate')}, {recovery.get('steps')} steps of "
-        f"{config.get('batch_size')}×{config.get('gradient_accumulation_steps', 1)} sequences of "
-        f"{config.get('sequence_length')} tokens, {recovery.get('data_format')} data, "
+        f"After pruning, the model was fine-tuned with LoRA ({objective}rank {config.get('rank')}, alpha "
+        f"{config.get('alpha')}, learning rate {config.get('learning_rate')}, {batches}, "
         f"targets {', '.join(f'`{m}`' for m in recovery.get('target_modules', []))}); the adapters were merged into "
         f"the weights, so this is a plain checkpoint.{loss}"
     )

@@ -85,14 +85,32 @@ def set_parameter(module: nn.Module, name: str, value: torch.Tensor) -> None:
         setattr(module, name, nn.Parameter(value, old.requires_grad))
         return
     hook = offload_hook(module)
+    _weights_in_memory(module, hook)
+    hook.weights_map[name] = value.to("cpu")
+    meta = torch.empty(value.shape, dtype=old.dtype, device="meta")
+    setattr(module, name, nn.Parameter(meta, old.requires_grad))
+
+
+def _weights_in_memory(module: nn.Module, hook: AlignDevicesHook) -> None:
     if not isinstance(hook.weights_map, dict):  # a lazy disk/prefixed map: copy this module's tensors to memory
         tensors = named_module_tensors(
             module, include_buffers=hook.offload_buffers, recurse=hook.place_submodules, remove_non_persistent=True
         )
         hook.weights_map = {key: hook.weights_map[key].to("cpu", copy=True) for key, _ in tensors}  # not memmaps
+
+
+def add_parameter(module: nn.Module, name: str, value: torch.Tensor, requires_grad: bool = True) -> None:
+    """Give `module` a new parameter (a bias that a config switch adds); an offloaded module keeps it in its
+    hook's `weights_map`, like its other weights."""
+    hook = offload_hook(module)
+    if hook is None:
+        module.register_parameter(name, nn.Parameter(value, requires_grad))
+        return
+    _weights_in_memory(module, hook)
     hook.weights_map[name] = value.to("cpu")
-    meta = torch.empty(value.shape, dtype=old.dtype, device="meta")
-    setattr(module, name, nn.Parameter(meta, old.requires_grad))
+    module.register_parameter(
+        name, nn.Parameter(torch.empty(value.shape, dtype=value.dtype, device="meta"), requires_grad)
+    )
 
 
 def _release(param: torch.Tensor) -> None:

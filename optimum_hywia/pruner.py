@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ from transformers.utils import logging
 
 from .allocation import plan_pruning, select_groups
 from .architectures import ArchitectureSpec, get_architecture
+from .compensation import check_reconstruction, remove_and_compensate
 from .configuration import HyWIAConfig
 from .distributed import broadcast_kept_groups
 from .groups import build_group_sets, decoder_layers
@@ -33,7 +35,7 @@ from .offload import (
 )
 from .report import PruningReport, build_report, count_parameters
 from .saving import atomic_directory, check_destination
-from .scoring import score_groups
+from .scoring import calibration_batches, score_groups
 from .surgery import layer_widths, remove_groups, restore_auto_map, rewrite_config
 
 logger = logging.get_logger(__name__)
@@ -105,6 +107,9 @@ class HyWIAPruner:
             raise RuntimeError("This model is already pruned; create a new HyWIAPruner to prune it again.")
         if self._surgery_failed:
             raise RuntimeError("A previous prune() failed during surgery and left this model modified: reload it.")
+        if self.config.reconstruction is None:  # the default: compensate whenever there is data to fit on
+            chosen = "none" if calibration_data is None else "least_squares"
+            self.config = dataclasses.replace(self.config, reconstruction=chosen)
         config, model, spec = self.config, self.model, self.spec
         check_prunable(model)
         seconds: dict[str, float] = {}
@@ -116,6 +121,7 @@ class HyWIAPruner:
         all_sets = build_group_sets(model, spec, range(num_layers), ("attention", "mlp"))
         group_sets = build_group_sets(model, spec, layer_range, config.group_kinds)
         check_offloaded_projections([p.module for gs in group_sets for p in gs.projections])
+        check_reconstruction(spec, config, group_sets)
         total_params = sum(gs.num_groups * gs.params_per_group for gs in all_sets)
         plan = plan_pruning(config, spec, spec.widths_config(model.config), group_sets, total_params)
         params_before = count_parameters(model)
@@ -123,15 +129,22 @@ class HyWIAPruner:
         first, stop = layer_range.start, layer_range.stop
         logger.info(f"HyWIA: pruning layers [{first}, {stop}) of {num_layers}: {plan.describe()}")
 
+        batches = calibration_batches(model, config, self.tokenizer, calibration_data)
         scores, fusion = score_groups(
-            model, spec, config, self.tokenizer, group_sets, plan, num_layers, calibration_data, show_progress, seconds
+            model, spec, config, group_sets, plan, num_layers, batches, show_progress, seconds
         )
         drop_restored_weights(model)
         kept = broadcast_kept_groups(select_groups(scores, group_sets, plan))
 
         surgery_start = time.perf_counter()
         try:
-            remove_groups(group_sets, kept)
+            errors: dict[str, float] = {}
+            if config.reconstruction == "none":
+                remove_groups(group_sets, kept)
+            else:
+                errors = remove_and_compensate(
+                    model, spec, config, group_sets, kept, batches, widths_before, show_progress
+                )
             vanilla = rewrite_config(model, spec, widths_before)
         except Exception as error:
             self._surgery_failed = True
@@ -139,12 +152,14 @@ class HyWIAPruner:
                 f"Pruning failed during surgery ({type(error).__name__}: {error}); the model WAS MODIFIED (some layers "
                 "are sliced) and is unusable: reload it before trying again."
             ) from error
-        seconds["surgery"] = time.perf_counter() - surgery_start
+        seconds["surgery" if config.reconstruction == "none" else "compensation"] = time.perf_counter() - surgery_start
         seconds["total"] = time.perf_counter() - start
         self.report = build_report(
             model, spec, config, all_sets, kept, fusion, layer_range, params_before, widths_before, vanilla
         )
         self.report.seconds = seconds
+        self.report.source_model = self.source.base_model or self.report.source_model  # Hub id when known
+        self.report.reconstruction_errors = errors
         logger.info(
             f"HyWIA: {params_before:,} -> {self.report.params_after:,} parameters "
             f"({self.report.achieved_ratio:.1%} of decoder-layer parameters removed)"

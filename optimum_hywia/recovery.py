@@ -1,61 +1,73 @@
-"""LoRA recovery: a short fine-tuning of a pruned model with peft, merged back so the result is a plain model.
+"""Recovery: a short fine-tuning of a pruned model on `transformers.Trainer`, with LoRA (peft, merged back so the
+result is a plain model) or all weights, on the LM loss or by distillation from the dense model.
 
 ```python
 from optimum_hywia.recovery import RecoveryConfig, recover
 
 model = recover(pruned_model, tokenizer, texts, RecoveryConfig(max_steps=200), output_dir="recovery-run")
+model = recover(pruned_model, tokenizer, texts, RecoveryConfig(objective="distillation"), teacher=dense_model)
 ```
 
 Works on uniform and per-layer pruned models alike (LoRA wraps each linear layer at whatever width it has). With an
-`output_dir`, a checkpoint (adapter weights, optimizer state, RNG state; safetensors + JSON) is written every
-`save_steps` steps and on interruption; calling `recover` again with the same model, data, config and `output_dir`
-resumes from it and ends with the same weights as an uninterrupted run.
+`output_dir`, Trainer writes a checkpoint there (`checkpoint-<step>`: safetensors weights, optimizer, scheduler and
+RNG state, `trainer_state.json` last) every `save_steps` steps, at the end, and when Ctrl-C stops a run; calling
+`recover` again with the same model, data, config, teacher and `output_dir` resumes from the newest complete one and
+ends with the same weights as an uninterrupted run. The run's fingerprint, kept in each checkpoint's trainer state,
+refuses to resume a different run; checkpoints a killed run left incomplete are deleted by the next run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import math
 import os
 import shutil
+import signal
+import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback, TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from .architectures import GENERATIVE_AUTO_CLASSES, auto_class_for
-from .data.inputs import normalize_inputs
+from .data.training import DATA_FORMATS, IGNORE_INDEX, Collator, build_examples, load_records
 from .model_card import RECOVERY_LOG_NAME
 from .offload import execution_device
 from .saving import atomic_directory, check_destination
 
 logger = logging.get_logger(__name__)
 
-CHECKPOINT_DIR = "checkpoint"
-DATA_FORMATS = ("auto", "text", "instruction")
-LR_SCHEDULERS = ("constant", "linear", "cosine")
-IGNORE_INDEX = -100
-ALPACA_PROMPT = "### Instruction:\n{instruction}\n\n### Response:\n"
-ALPACA_PROMPT_WITH_INPUT = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+LR_SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}  # ours: Trainer's
+METHODS = ("lora", "full")
+OBJECTIVES = ("lm", "distillation")
+TRAINER_STATE = "trainer_state.json"
 # fields that do not change what a run computes, so a resumed run may change them
 _RESUME_FREE_FIELDS = ("logging_steps", "save_steps")
 
 
 @dataclass
 class RecoveryConfig:
-    """LoRA recovery settings.
+    """Recovery settings.
 
     Args:
+        method: `"lora"` (adapters on the projections, merged back) or `"full"` (every weight; small models).
+        objective: `"lm"` (next-token loss on the data) or `"distillation"` (KL to a teacher's next-token
+            distributions, mixed with the LM loss by `distillation_weight`; needs `recover(..., teacher=)`).
+        temperature: distillation temperature `T`; the KL term is `T² · KL(teacher_T ‖ student_T)`.
+        distillation_weight: `w` in `w · T² · KL + (1 - w) · LM` (1: distillation only).
         rank: LoRA rank `r`.
         alpha: LoRA scaling numerator (`alpha / rank` scales the update).
         dropout: dropout on the LoRA branch input.
@@ -63,12 +75,12 @@ class RecoveryConfig:
             the model family's mapping table (`q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj` for
             Llama, Mistral, Qwen2).
         learning_rate: AdamW peak learning rate.
-        weight_decay: AdamW weight decay of the adapter weights.
-        lr_scheduler: `"constant"`, `"linear"` (decay to 0) or `"cosine"`, after `warmup_steps` of linear warmup.
+        weight_decay: AdamW weight decay (Trainer's: not on biases and norms).
+        lr_scheduler: `"constant"`, `"linear"` (decay to 0) or `"cosine"`, after `warmup_steps` (Trainer's schedulers).
         warmup_steps: optimizer steps of linear warmup from 0.
         max_steps: optimizer steps (the data is cycled, reshuffled every pass).
         batch_size: sequences per forward/backward pass.
-        gradient_accumulation_steps: passes per optimizer step.
+        gradient_accumulation_steps: passes per optimizer step (the loss is averaged over all their tokens).
         sequence_length: tokens per training sequence (text is packed into windows of this length; instruction
             examples are truncated to it).
         max_grad_norm: gradient clipping norm (0 disables clipping).
@@ -76,11 +88,15 @@ class RecoveryConfig:
             (instruction when the records have `messages`, `instruction`/`output` or `prompt`/`completion|response`
             fields, text otherwise).
         gradient_checkpointing: recompute activations in the backward pass (less memory, ~30% slower).
-        logging_steps: log the mean loss every this many optimizer steps.
+        logging_steps: log the loss every this many optimizer steps.
         save_steps: write a resumable checkpoint every this many optimizer steps (needs `output_dir`).
         seed: seed of the data order, LoRA initialisation and dropout.
     """
 
+    method: str = "lora"
+    objective: str = "lm"
+    temperature: float = 1.0
+    distillation_weight: float = 1.0
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.05
@@ -109,19 +125,12 @@ class RecoveryConfig:
 
     def validate(self) -> None:
         """Raise a `ValueError` saying what to change for any field that is out of range."""
-        for name in (
-            "rank",
-            "max_steps",
-            "batch_size",
-            "gradient_accumulation_steps",
-            "logging_steps",
-            "save_steps",
-        ):
+        for name in ("rank", "max_steps", "batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("warmup_steps", self.warmup_steps, minimum=0)
         _check_int("seed", self.seed, minimum=None)
         _check_int("sequence_length", self.sequence_length, minimum=2)
-        for name in ("alpha", "learning_rate"):
+        for name in ("alpha", "learning_rate", "temperature"):
             if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be a number > 0, got {getattr(self, name)!r}.")
         for name in ("weight_decay", "max_grad_norm"):
@@ -129,10 +138,16 @@ class RecoveryConfig:
                 raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}.")
         if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}.")
-        if self.data_format not in DATA_FORMATS:
-            raise ValueError(f"data_format must be one of {list(DATA_FORMATS)}, got {self.data_format!r}.")
-        if self.lr_scheduler not in LR_SCHEDULERS:
-            raise ValueError(f"lr_scheduler must be one of {list(LR_SCHEDULERS)}, got {self.lr_scheduler!r}.")
+        if not _is_number(self.distillation_weight) or not 0 <= self.distillation_weight <= 1:
+            raise ValueError(f"distillation_weight must be in [0, 1], got {self.distillation_weight!r}.")
+        for name, choices in (
+            ("method", METHODS),
+            ("objective", OBJECTIVES),
+            ("data_format", DATA_FORMATS),
+            ("lr_scheduler", tuple(LR_SCHEDULERS)),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}.")
         if self.target_modules is not None and (
             not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules)
         ):
@@ -169,6 +184,7 @@ class RecoveryLog:
     losses: list[float]
     resumed_from_step: int
     seconds: float
+    teacher: str | None = None
 
     @property
     def initial_loss(self) -> float | None:
@@ -181,10 +197,7 @@ class RecoveryLog:
         return sum(window) / len(window) if window else None
 
     def to_dict(self) -> dict[str, Any]:
-        result = dataclasses.asdict(self)
-        result["initial_loss"] = self.initial_loss
-        result["final_loss"] = self.final_loss
-        return result
+        return {**dataclasses.asdict(self), "initial_loss": self.initial_loss, "final_loss": self.final_loss}
 
 
 def default_target_modules(model: PreTrainedModel) -> tuple[str, ...]:
@@ -202,126 +215,162 @@ def recover(
     data: Any,
     config: RecoveryConfig | None = None,
     output_dir: str | os.PathLike | None = None,
+    teacher: PreTrainedModel | None = None,
+    *,
     show_progress: bool = True,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> PreTrainedModel:
-    """Fine-tune `model` with LoRA adapters on `data`, merge them into its weights and return it (same object).
+    """Fine-tune `model` on `data` (LoRA merged back into its weights, or all weights) and return it (same object).
 
     Args:
         model: a (pruned) causal LM; its weights are updated in place and the returned model has no adapters.
-        tokenizer: tokenizes text data (not needed for token ids).
+        tokenizer: tokenizes text data (not needed for token ids); its chat template renders `messages` records.
         data: a list of strings; a list of records (dicts with `text`, or `messages`, or `instruction`
             [+ `input`] + `output`, or `prompt` + `completion`/`response`); a `datasets.Dataset` of such columns; a
             `.txt`, `.json`, `.jsonl`, `.csv` or `.parquet` file; or token ids (`[N, L]` rows or a 1-D stream).
         config: a `RecoveryConfig` (defaults when `None`).
-        output_dir: where checkpoints and `recovery_log.json` go; a run with a checkpoint there is resumed. `None`:
-            no checkpoints.
-        show_progress: show a tqdm progress bar with the running loss.
+        output_dir: Trainer's folder: checkpoints and `recovery_log.json`; a run with a checkpoint there is resumed.
+            `None`: no checkpoints.
+        teacher: the dense model, for `objective="distillation"` (same vocabulary); run in eval mode without
+            gradients, on the student's device unless it is dispatched with a device map.
+        show_progress: show a progress bar with the running loss.
+        callbacks: more `transformers.TrainerCallback`s for the run (e.g. evaluation at every checkpoint: `on_save`).
     """
     config = config or RecoveryConfig()
     if not isinstance(config, RecoveryConfig):
         raise TypeError(f"config must be a RecoveryConfig, got {type(config).__name__}.")
-    if not isinstance(model, PreTrainedModel):
-        raise TypeError(f"model must be a transformers PreTrainedModel, got {type(model).__name__}.")
-    auto_class = auto_class_for(type(model).__name__, getattr(model.config, "auto_map", None), "AutoModelForCausalLM")
-    if auto_class not in GENERATIVE_AUTO_CLASSES:
-        raise ValueError(
-            f"LoRA recovery trains causal language models (…ForCausalLM); got {type(model).__name__}. Load the "
-            "checkpoint with AutoModelForCausalLM or optimum_hywia.load_pruned_model."
-        )
-    from peft import LoraConfig, get_peft_model
+    _check_causal_lm(model, "model")
+    if teacher is not None:
+        _check_causal_lm(teacher, "teacher")
+    if config.objective == "distillation":
+        if teacher is None:
+            raise ValueError(
+                "objective='distillation' needs the dense model as teacher: pass teacher= to recover() "
+                "(hywia recover: --teacher)."
+            )
+        sizes = [m.get_output_embeddings().weight.shape[0] for m in (model, teacher)]
+        if sizes[0] != sizes[1]:
+            raise ValueError(f"The teacher's vocabulary ({sizes[1]} tokens) differs from the model's ({sizes[0]}).")
+    elif teacher is not None:
+        logger.warning("HyWIA recovery: teacher is ignored with objective='lm'; pass objective='distillation'.")
+        teacher = None
 
     start_time = time.perf_counter()
     examples, data_format = build_examples(data, tokenizer, config)
-    target_modules = config.target_modules or default_target_modules(model)
+    target_modules = (config.target_modules or default_target_modules(model)) if config.method == "lora" else ()
     _check_targets(model, target_modules)
-    device = execution_device(model)
-    pad_id = _pad_id(tokenizer, model)
-    fingerprint = _run_fingerprint(model, examples, config, target_modules)
+    fingerprint = _run_fingerprint(model, examples, config, target_modules, teacher)
+    run_dir = Path(output_dir) if output_dir is not None else None
+    checkpoint, step = _resumable_checkpoint(run_dir, fingerprint) if run_dir is not None else (None, 0)
 
-    checkpoint = Path(output_dir) / CHECKPOINT_DIR if output_dir is not None else None
-    state = _read_checkpoint_state(checkpoint, fingerprint, config) if checkpoint else None
-
-    torch.manual_seed(config.seed)
-    lora_config = LoraConfig(
-        r=config.rank,
-        lora_alpha=config.alpha,
-        lora_dropout=config.dropout,
-        target_modules=list(target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
+    set_seed(config.seed)
     was_training = model.training
-    with warnings.catch_warnings():  # peft still calls transformers' deprecated `is_gradient_checkpointing`
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        peft_model = get_peft_model(model, lora_config)
-    trainable = {name: param for name, param in peft_model.named_parameters() if param.requires_grad}
-    num_trainable = sum(param.numel() for param in trainable.values())
-    optimizer = torch.optim.AdamW(list(trainable.values()), lr=config.learning_rate, weight_decay=config.weight_decay)
-    losses: list[float] = []
-    step = 0
-    if state is not None:
-        step, losses = _load_checkpoint(checkpoint, state, trainable, optimizer)
-        logger.info(f"HyWIA recovery: resuming from step {step} of {config.max_steps} ({checkpoint})")
-    resumed_from = step
-    if config.gradient_checkpointing:
-        peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        peft_model.enable_input_require_grads()
-
+    trained = _add_lora(model, config, target_modules) if config.method == "lora" else model
+    num_trainable = sum(param.numel() for param in trained.parameters() if param.requires_grad)
+    method = f"LoRA r={config.rank} alpha={config.alpha} on {list(target_modules)}" if target_modules else "all weights"
     logger.info(
-        f"HyWIA recovery: LoRA r={config.rank} alpha={config.alpha} on {list(target_modules)}, "
-        f"{num_trainable:,} trainable parameters, {len(examples)} {data_format} examples, {config.max_steps} steps"
+        f"HyWIA recovery: {method}, {num_trainable:,} trainable parameters, "
+        f"{len(examples)} {data_format} examples, {config.max_steps} steps, objective {config.objective}"
     )
-    peft_model.train()
-    progress = tqdm(total=config.max_steps, initial=step, desc="LoRA recovery", unit="step", disable=not show_progress)
-    try:
-        while step < config.max_steps:
-            loss = _train_step(peft_model, optimizer, examples, step, config, pad_id, device, trainable)
-            step += 1
-            losses.append(loss)
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss:.4f}")
-            if step % config.logging_steps == 0 or step == config.max_steps:
-                recent = losses[-config.logging_steps :]
-                logger.info(
-                    f"HyWIA recovery: step {step}/{config.max_steps} loss {sum(recent) / len(recent):.4f} "
-                    f"lr {_learning_rate(step - 1, config):.2e}"
-                )
-            if checkpoint is not None and (step % config.save_steps == 0 or step == config.max_steps):
-                _write_checkpoint(checkpoint, fingerprint, config, step, losses, trainable, optimizer)
-    except BaseException as error:
-        if isinstance(error, KeyboardInterrupt) and checkpoint is not None and step > resumed_from:
-            _write_checkpoint(checkpoint, fingerprint, config, step, losses, trainable, optimizer)
-            logger.warning(f"HyWIA recovery interrupted at step {step}; run again with the same output_dir to resume.")
-        peft_model.unload()  # give the caller back its model without adapters
-        raise
-    finally:
-        progress.close()
-
-    if config.gradient_checkpointing:
-        peft_model.gradient_checkpointing_disable()
-    merged = peft_model.merge_and_unload()
-    merged.train(was_training)
-    for attribute in ("peft_config", "_hf_peft_config_loaded"):
-        if attribute in vars(merged):
-            delattr(merged, attribute)
+    if checkpoint is not None:
+        logger.info(f"HyWIA recovery: resuming from step {step} of {config.max_steps} ({checkpoint})")
+    interruption = _Interruption()
+    with tempfile.TemporaryDirectory() if run_dir is None else nullcontext(str(run_dir)) as directory:
+        trainer = RecoveryTrainer(
+            model=trained,
+            args=_training_arguments(config, directory, run_dir is not None, execution_device(model)),
+            train_dataset=[{"input_ids": ids, "labels": labels} for ids, labels in examples],
+            data_collator=Collator(_pad_id(tokenizer, model)),
+            callbacks=[RunFingerprint(fingerprint), interruption, *callbacks],
+            teacher=teacher,
+            recovery_config=config,
+        )
+        for callback in (PrinterCallback, ProgressCallback):  # they print every log: ours shows the loss
+            trainer.remove_callback(callback)
+        trainer.add_callback(_Progress(config, show_progress))
+        try:
+            with interruption.installed():
+                if checkpoint is not None and step >= config.max_steps:  # a finished run: reuse its weights
+                    trainer._load_from_checkpoint(str(checkpoint))
+                    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE))
+                else:
+                    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+            if interruption.requested:
+                where = "; run again with the same output_dir to resume" if run_dir is not None else ""
+                logger.warning(f"HyWIA recovery interrupted at step {trainer.state.global_step}{where}.")
+                raise KeyboardInterrupt
+        except BaseException:
+            _release(model, trained, config, was_training, merge=False)  # the caller's model, without adapters
+            raise
+    losses = [float(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
+    model = _release(model, trained, config, was_training, merge=True)
     log = RecoveryLog(
         config=config.to_dict(),
         target_modules=list(target_modules),
         trainable_parameters=num_trainable,
         num_examples=len(examples),
         data_format=data_format,
-        steps=step,
+        steps=trainer.state.global_step,
         losses=losses,
-        resumed_from_step=resumed_from,
+        resumed_from_step=step,
         seconds=time.perf_counter() - start_time,
+        teacher=(getattr(teacher, "name_or_path", None) or type(teacher).__name__) if teacher is not None else None,
     )
-    merged.hywia_recovery_log = log
-    if output_dir is not None:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / RECOVERY_LOG_NAME).write_text(json.dumps(log.to_dict(), indent=2) + "\n")
+    model.hywia_recovery_log = log
+    if run_dir is not None:
+        (run_dir / RECOVERY_LOG_NAME).write_text(json.dumps(log.to_dict(), indent=2) + "\n")
     if log.initial_loss is not None:
-        logger.info(f"HyWIA recovery: loss {log.initial_loss:.4f} -> {log.final_loss:.4f} in {step} steps")
-    return merged
+        logger.info(f"HyWIA recovery: loss {log.initial_loss:.4f} -> {log.final_loss:.4f} in {log.steps} steps")
+    return model
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    temperature: float = 1.0,
+    num_items: torch.Tensor | int | None = None,
+) -> torch.Tensor:
+    """`T² · KL(teacher ‖ student)` of the next-token distributions at temperature `T`, over the full vocabulary.
+
+    Summed over the positions that predict a label (`labels[:, 1:] != IGNORE_INDEX`, as the LM loss) and divided by
+    their number, or by `num_items` (Trainer's count over all the micro-batches of an accumulated step).
+    """
+    mask = labels[:, 1:] != IGNORE_INDEX
+    student = torch.log_softmax(student_logits[:, :-1][mask].float() / temperature, dim=-1)
+    teacher = torch.log_softmax(teacher_logits[:, :-1][mask].float() / temperature, dim=-1)
+    kl = torch.nn.functional.kl_div(student, teacher, reduction="sum", log_target=True)
+    return kl * temperature**2 / (num_items if num_items is not None else mask.sum().clamp(min=1))
+
+
+class RecoveryTrainer(Trainer):
+    """`Trainer` whose loss is the LM loss, or `w · T² · KL(teacher ‖ student) + (1 - w) · LM` with a teacher."""
+
+    def __init__(self, *args: Any, teacher: PreTrainedModel | None, recovery_config: RecoveryConfig, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.teacher, self.recovery_config = teacher, recovery_config
+        if teacher is not None:
+            teacher.eval()
+            if not getattr(teacher, "hf_device_map", None):
+                teacher.to(self.args.device)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_inputs = {key: inputs[key] for key in ("input_ids", "attention_mask")}
+                teacher_logits = self.teacher(**teacher_inputs).logits.to(outputs.logits.device)
+            # normalised like the LM loss: over the accumulated step's tokens when Trainer counts them
+            items = num_items_in_batch if self.model_accepts_loss_kwargs else None
+            config = self.recovery_config
+            kl = distillation_loss(outputs.logits, teacher_logits, inputs["labels"], config.temperature, items)
+            loss = config.distillation_weight * kl + (1 - config.distillation_weight) * loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"Recovery loss became {loss.item()} at step {self.state.global_step + 1}; lower learning_rate or "
+                "check the data."
+            )
+        return (loss, outputs) if return_outputs else loss
 
 
 def save_recovered_model(
@@ -336,8 +385,8 @@ def save_recovered_model(
     The pruning files of `pruned_checkpoint` (`hywia_config.json`, `hywia_report.json`, and `modeling_hywia.py` for
     per-layer layouts) are carried over, the recovery log is added, and the card keeps the base model and licence.
     Its evaluation results are not carried over: they describe the model before recovery. The folder is written
-    next to its destination and moved into place at the end; an existing non-empty one is replaced only with
-    `overwrite=True`.
+    next to its destination and moved into place at the end (`optimum_hywia.saving.atomic_directory`); an existing
+    non-empty one is replaced only with `overwrite=True`.
     """
     from .configuration import CONFIG_NAME
     from .model_card import REPORT_NAME, source_from_card, write_model_card
@@ -362,213 +411,151 @@ def save_recovered_model(
     return target
 
 
-# ----------------------------------------------------------------------------------------------------------- data
-
-
-Example = tuple[torch.Tensor, torch.Tensor]  # input_ids, labels (IGNORE_INDEX where no loss)
-
-
-def build_examples(data: Any, tokenizer: Any, config: RecoveryConfig) -> tuple[list[Example], str]:
-    """Training examples `(input_ids, labels)` and the data format used (`"text"` or `"instruction"`)."""
-    records = load_records(data)
-    if records and all(isinstance(record, torch.Tensor) for record in records):
-        if config.data_format == "instruction":
-            raise ValueError("data_format='instruction' needs records with prompts and responses, not token ids.")
-        return _pack(records, config.sequence_length), "text"
-    if not records:
-        raise ValueError("The recovery data is empty: pass some text, records or token ids.")
-    if tokenizer is None:
-        raise ValueError("Text recovery data needs a tokenizer: pass tokenizer= (or token ids instead of text).")
-    data_format = config.data_format
-    if data_format == "auto":
-        data_format = "instruction" if _instruction_kind(records[0]) else "text"
-    if data_format == "text":
-        texts = [_record_text(record) for record in records]
-        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-        stream = torch.tensor([token for ids in encoded for token in [*ids, *eos]], dtype=torch.long)
-        return _pack([stream], config.sequence_length), "text"
-    examples = [_instruction_example(record, tokenizer, config.sequence_length) for record in records]
-    examples = [example for example in examples if (example[1] != IGNORE_INDEX).any()]
-    if not examples:
-        raise ValueError(
-            f"No instruction example keeps a response within sequence_length={config.sequence_length} tokens: "
-            "raise sequence_length."
-        )
-    return examples, "instruction"
-
-
-def load_records(data: Any) -> list[Any] | list[torch.Tensor]:
-    """Strings or dicts (records), or 1-D token-id tensors, from any data `recover` accepts (the shared
-    `optimum_hywia.data.inputs.normalize_inputs`; a dataset with instruction fields gives its rows as records)."""
-    return normalize_inputs(data, "recovery data", records=True, is_record=_instruction_kind)
-
-
-def _instruction_kind(record: Any) -> str | None:
-    if not isinstance(record, Mapping):
-        return None
-    if "messages" in record:
-        return "messages"
-    if "instruction" in record and "output" in record:
-        return "alpaca"
-    if "prompt" in record and ("completion" in record or "response" in record):
-        return "prompt"
-    return None
-
-
-def _record_text(record: Any) -> str:
-    if isinstance(record, str):
-        return record
-    if isinstance(record, Mapping) and isinstance(record.get("text"), str):
-        return record["text"]
-    raise ValueError(
-        f"A text-format recovery record must be a string or have a 'text' field, got {_describe(record)}; "
-        "for instruction data use messages, instruction/output or prompt/completion fields."
-    )
-
-
-def _instruction_example(record: Any, tokenizer: Any, sequence_length: int) -> Example:
-    """Prompt and response token ids, with the loss on the response (and its EOS) only."""
-    kind = _instruction_kind(record)
-    chat_template = getattr(tokenizer, "chat_template", None)
-    if kind == "messages":
-        messages = list(record["messages"])
-        if not messages or not isinstance(messages[-1], Mapping) or messages[-1].get("role") != "assistant":
-            raise ValueError("Each 'messages' record must end with an assistant message (the response to learn).")
-        prompt_messages, response = messages[:-1], messages[-1]["content"]
-    elif kind == "alpaca":
-        user = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
-        prompt_messages, response = [{"role": "user", "content": user}], record["output"]
-    elif kind == "prompt":
-        prompt, response = record["prompt"], record.get("completion", record.get("response"))
-        prompt_messages = None
-    else:
-        raise ValueError(
-            f"An instruction-format recovery record needs 'messages', 'instruction' + 'output', or 'prompt' + "
-            f"'completion'/'response' fields, got {_describe(record)}."
-        )
-    if prompt_messages is not None:
-        if chat_template:
-            prompt = tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
-        elif kind == "alpaca":
-            template = ALPACA_PROMPT_WITH_INPUT if record.get("input") else ALPACA_PROMPT
-            prompt = template.format(instruction=record["instruction"], input=record.get("input", ""))
-        else:
-            prompt = "".join(f"{m['role']}: {m['content']}\n" for m in prompt_messages) + "assistant: "
-    if not isinstance(prompt, str) or not isinstance(response, str):
-        raise ValueError(f"Instruction prompts and responses must be strings, got {_describe(record)}.")
-    prompt_ids = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
-    response_ids = tokenizer(response, add_special_tokens=False, verbose=False)["input_ids"]
-    if tokenizer.eos_token_id is not None and (not response_ids or response_ids[-1] != tokenizer.eos_token_id):
-        response_ids = [*response_ids, tokenizer.eos_token_id]
-    input_ids = torch.tensor([*prompt_ids, *response_ids], dtype=torch.long)[:sequence_length]
-    labels = torch.tensor([IGNORE_INDEX] * len(prompt_ids) + response_ids, dtype=torch.long)[:sequence_length]
-    return input_ids, labels
-
-
-def _pack(streams: list[torch.Tensor], sequence_length: int) -> list[Example]:
-    """Consecutive `sequence_length` windows of each stream; a stream shorter than one window is used whole."""
-    examples = []
-    for stream in streams:
-        if len(stream) < sequence_length:
-            if len(stream) >= 2:
-                examples.append((stream, stream))
-            continue
-        for window in stream[: len(stream) // sequence_length * sequence_length].reshape(-1, sequence_length):
-            examples.append((window, window))
-    if not examples:
-        raise ValueError("The recovery data yields no sequence of at least 2 tokens: pass more text or token ids.")
-    return examples
-
-
-def _describe(record: Any) -> str:
-    if isinstance(record, Mapping):
-        return f"a record with fields {sorted(record)}"
-    return f"a {type(record).__name__}"
-
-
 # ------------------------------------------------------------------------------------------------------- training
 
 
-def _batch_indices(step: int, micro: int, num_examples: int, config: RecoveryConfig) -> list[int]:
-    """Example indices of one micro-batch: passes over the data in a seeded order, reshuffled every pass."""
-    first = (step * config.gradient_accumulation_steps + micro) * config.batch_size
-    indices = []
-    for position in range(first, first + config.batch_size):
-        epoch, offset = divmod(position, num_examples)
-        indices.append(int(_epoch_order(num_examples, config.seed, epoch)[offset]))
-    return indices
+def _training_arguments(config: RecoveryConfig, directory: str, save: bool, device: torch.device) -> Any:
+    return TrainingArguments(
+        output_dir=str(directory),
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type=LR_SCHEDULERS[config.lr_scheduler],
+        warmup_steps=config.warmup_steps,
+        max_grad_norm=config.max_grad_norm,
+        optim="adamw_torch",
+        logging_steps=1,  # every step's loss goes to the log
+        save_strategy="steps" if save else "no",
+        save_steps=config.save_steps,
+        save_total_limit=1,
+        seed=config.seed,
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        use_cpu=device.type == "cpu",
+        label_names=["labels"],
+        remove_unused_columns=False,
+        dataloader_pin_memory=False,
+        report_to="none",
+    )
 
 
-@functools.lru_cache(maxsize=4)
-def _epoch_order(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
-    return torch.randperm(num_examples, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+def _add_lora(model: PreTrainedModel, config: RecoveryConfig, target_modules: Sequence[str]) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=list(target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    with warnings.catch_warnings():  # peft still calls transformers' deprecated `is_gradient_checkpointing`
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        peft_model = get_peft_model(model, lora)
+    if config.gradient_checkpointing:
+        peft_model.enable_input_require_grads()
+    return peft_model
 
 
-def _collate(examples: list[Example], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    length = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
-    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
-    for row, (ids, example_labels) in enumerate(examples):
-        input_ids[row, : len(ids)] = ids
-        labels[row, : len(ids)] = example_labels
-        attention_mask[row, : len(ids)] = 1
-    return {"input_ids": input_ids.to(device), "labels": labels.to(device), "attention_mask": attention_mask.to(device)}
+def _release(model, trained, config: RecoveryConfig, was_training: bool, merge: bool) -> PreTrainedModel:
+    """`model` without adapters (merged into its weights when `merge`) or checkpointing, in its former mode."""
+    if config.method == "lora":
+        model = trained.merge_and_unload() if merge else trained.unload()
+        for attribute in ("peft_config", "_hf_peft_config_loaded"):
+            if attribute in vars(model):
+                delattr(model, attribute)
+    if config.gradient_checkpointing:
+        model.activation_checkpointing_disable()
+    model.train(was_training)
+    return model
 
 
-def _learning_rate(step: int, config: RecoveryConfig) -> float:
-    """Learning rate of optimizer step `step` (0-based)."""
-    if step < config.warmup_steps:
-        return config.learning_rate * (step + 1) / (config.warmup_steps + 1)
-    if config.lr_scheduler == "constant":
-        return config.learning_rate
-    progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
-    if config.lr_scheduler == "linear":
-        return config.learning_rate * (1.0 - progress)
-    return config.learning_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+class RunFingerprint(TrainerCallback, ExportableState):
+    """Hashes of what decides a run's result, stored by Trainer in every checkpoint's `trainer_state.json`."""
+
+    def __init__(self, fingerprint: dict[str, str]):
+        self.fingerprint = fingerprint
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {"fingerprint": self.fingerprint}, "attributes": {}}
 
 
-def _train_step(model, optimizer, examples, step, config, pad_id, device, trainable) -> float:
-    for group in optimizer.param_groups:
-        group["lr"] = _learning_rate(step, config)
-    micro_batches = [
-        _collate([examples[i] for i in _batch_indices(step, micro, len(examples), config)], pad_id, device)
-        for micro in range(config.gradient_accumulation_steps)
-    ]
-    # weight every micro-batch by its number of predicted tokens, so accumulation equals one large batch
-    counts = [int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()) for batch in micro_batches]
-    total = max(1, sum(counts))
-    loss_sum = 0.0
-    for batch, count in zip(micro_batches, counts):
-        if count == 0:
-            continue
-        loss = model(**batch).loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"LoRA recovery loss became {loss.item()} at step {step + 1}; lower learning_rate or check the data."
-            )
-        (loss * count / total).backward()
-        loss_sum += loss.item() * count
-    if config.max_grad_norm > 0:
-        torch.nn.utils.clip_grad_norm_(list(trainable.values()), config.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss_sum / total
+class _Progress(ProgressCallback):
+    """Trainer's progress bar (when `show`) with the loss as its postfix, and a log line every `logging_steps`."""
+
+    def __init__(self, config: RecoveryConfig, show: bool):
+        super().__init__()
+        self.config, self.show = config, show
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.current_step = state.global_step
+        self.training_bar = tqdm(
+            total=state.max_steps, initial=state.global_step, desc="Recovery", disable=not self.show
+        )
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs:
+            return
+        self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}")
+        if state.global_step % self.config.logging_steps == 0 or state.global_step == state.max_steps:
+            step, lr = f"{state.global_step}/{state.max_steps}", logs.get("learning_rate", 0.0)
+            logger.info(f"HyWIA recovery: step {step} loss {logs['loss']:.4f} lr {lr:.2e}")
+
+
+class _Interruption(TrainerCallback):
+    """Ctrl-C during training ends the current optimizer step, saves a checkpoint and stops; a second one stops at
+    once (from the last saved checkpoint)."""
+
+    requested = False
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        """Handle SIGINT while training, unless another thread runs this or SIGINT is not Python's default handler
+        (e.g. ignored in a background job)."""
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.getsignal(signal.SIGINT) if main else None
+        if previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._handle)
+        try:
+            yield
+        finally:
+            if previous is signal.default_int_handler:
+                signal.signal(signal.SIGINT, previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("HyWIA recovery: interrupted; stopping after this step (Ctrl-C again to stop at once).")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.requested:
+            control.should_training_stop = True
+            control.should_save = args.save_strategy != "no"
 
 
 def _pad_id(tokenizer: Any, model: PreTrainedModel) -> int:
-    for candidate in (
-        getattr(tokenizer, "pad_token_id", None),
-        getattr(tokenizer, "eos_token_id", None),
-        getattr(model.config, "pad_token_id", None),
-        getattr(model.config, "eos_token_id", None),
-    ):
-        if isinstance(candidate, list):
-            candidate = candidate[0] if candidate else None
+    """The tokenizer's pad (else EOS) token, else the model config's; 0 without any (padding is masked anyway)."""
+    for source, name in ((tokenizer, "pad_token_id"), (tokenizer, "eos_token_id"), (model.config, "pad_token_id")):
+        candidate = getattr(source, name, None)
         if isinstance(candidate, int):
             return candidate
-    return 0
+    eos = getattr(model.config, "eos_token_id", None)
+    return eos if isinstance(eos, int) else eos[0] if isinstance(eos, list) and eos else 0
+
+
+def _check_causal_lm(model: Any, what: str) -> None:
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"{what} must be a transformers PreTrainedModel, got {type(model).__name__}.")
+    auto_class = auto_class_for(type(model).__name__, getattr(model.config, "auto_map", None), "AutoModelForCausalLM")
+    if auto_class not in GENERATIVE_AUTO_CLASSES:
+        raise ValueError(
+            f"Recovery trains causal language models (…ForCausalLM); got {type(model).__name__} as {what}. Load the "
+            "checkpoint with AutoModelForCausalLM or optimum_hywia.load_pruned_model."
+        )
 
 
 def _check_targets(model: PreTrainedModel, target_modules: Sequence[str]) -> None:
@@ -591,97 +578,68 @@ def _check_targets(model: PreTrainedModel, target_modules: Sequence[str]) -> Non
 # ---------------------------------------------------------------------------------------------------- checkpoints
 
 
-def _run_fingerprint(model, examples, config, target_modules) -> dict[str, str]:
-    """Hashes of what decides a run's result: model shapes and weights, data, and settings."""
-    shapes = hashlib.sha256()
-    weights = hashlib.sha256()
-    for name, param in model.named_parameters():
-        shapes.update(f"{name}:{tuple(param.shape)}:{param.dtype};".encode())
-        flat = param.detach().flatten()
-        weights.update(flat[:: max(1, flat.numel() // 64)][:64].float().cpu().numpy().tobytes())
+def _run_fingerprint(model, examples, config, target_modules, teacher) -> dict[str, str]:
+    """Hashes of what decides a run's result: model shapes and weights, data, settings, and the teacher's weights."""
+
+    def weights(module: torch.nn.Module) -> tuple[str, str]:
+        shapes, values = hashlib.sha256(), hashlib.sha256()
+        for name, param in module.named_parameters():
+            shapes.update(f"{name}:{tuple(param.shape)}:{param.dtype};".encode())
+            flat = param.detach().flatten()
+            values.update(flat[:: max(1, flat.numel() // 64)][:64].float().cpu().numpy().tobytes())
+        return shapes.hexdigest(), values.hexdigest()
+
     data = hashlib.sha256()
     for ids, labels in examples:
         data.update(ids.numpy().tobytes())
         data.update(labels.numpy().tobytes())
     settings = {k: v for k, v in config.to_dict().items() if k not in _RESUME_FREE_FIELDS}
     settings["target_modules"] = list(target_modules)
-    return {
-        "model_shapes": shapes.hexdigest(),
-        "model_weights": weights.hexdigest(),
+    shapes, values = weights(model)
+    result = {
+        "model_shapes": shapes,
+        "model_weights": values,
         "data": data.hexdigest(),
         "config": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
     }
+    if teacher is not None:
+        result["teacher"] = hashlib.sha256("".join(weights(teacher)).encode()).hexdigest()
+    return result
 
 
-def _read_checkpoint_state(checkpoint: Path, fingerprint: dict[str, str], config: RecoveryConfig) -> dict | None:
-    state_file = checkpoint / "trainer_state.json"
-    if not state_file.is_file():
-        return None
-    state = json.loads(state_file.read_text())
-    changed = [key for key, value in fingerprint.items() if state.get("fingerprint", {}).get(key) != value]
+def _resumable_checkpoint(run_dir: Path, fingerprint: dict[str, str]) -> tuple[Path | None, int]:
+    """The newest complete checkpoint of `run_dir` (Trainer writes `trainer_state.json` last) and its step.
+
+    It must hold this run's fingerprint. Every other `checkpoint-*` folder (one a kill left half-written, or an older
+    one a kill spared from rotation) is deleted, so no leftover outlives the next run.
+    """
+    complete = []
+    for folder in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        try:
+            state = json.loads((folder / TRAINER_STATE).read_text())
+            complete.append((int(state["global_step"]), folder, state))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if not complete:
+        _remove_checkpoints(run_dir, keep=None)
+        return None, 0
+    step, folder, state = max(complete, key=lambda item: item[0])
+    saved = state.get("stateful_callbacks", {}).get(RunFingerprint.__name__, {}).get("args", {})
+    changed = [key for key, value in fingerprint.items() if saved.get("fingerprint", {}).get(key) != value]
     if changed:
         raise ValueError(
-            f"{checkpoint} holds a recovery checkpoint of a different run (changed: {', '.join(changed)}); pass "
-            f"another output_dir, or delete {checkpoint} to start over."
+            f"{folder} holds a recovery checkpoint of a different run (changed: {', '.join(changed)}); pass another "
+            f"output_dir, or delete {run_dir} to start over."
         )
-    return state
+    _remove_checkpoints(run_dir, keep=folder)
+    return folder, step
 
 
-def _write_checkpoint(checkpoint, fingerprint, config, step, losses, trainable, optimizer) -> None:
-    from safetensors.torch import save_file
-
-    with atomic_directory(checkpoint, durable=False) as staging:
-        save_file(
-            {name: param.detach().contiguous() for name, param in trainable.items()}, staging / "adapter.safetensors"
-        )
-        optimizer_state = optimizer.state_dict()
-        tensors = {"rng.torch": torch.get_rng_state()}
-        scalars = {}
-        for index, values in optimizer_state["state"].items():
-            for key, value in values.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"state.{index}.{key}"] = value.detach().contiguous()
-                else:
-                    scalars[f"{index}.{key}"] = value
-        save_file(tensors, staging / "optimizer.safetensors")
-        state = {
-            "step": step,
-            "losses": losses,
-            "fingerprint": fingerprint,
-            "config": config.to_dict(),
-            "param_groups": optimizer_state["param_groups"],
-            "optimizer_scalars": scalars,
-        }
-        (staging / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
-
-
-def _load_checkpoint(checkpoint, state, trainable, optimizer) -> tuple[int, list[float]]:
-    from safetensors.torch import load_file
-
-    adapters = load_file(checkpoint / "adapter.safetensors")
-    if set(adapters) != set(trainable):
-        raise ValueError(f"{checkpoint}: adapter weights do not match this model's LoRA layers; delete it to restart.")
-    with torch.no_grad():
-        for name, param in trainable.items():
-            param.copy_(adapters[name])
-    tensors = load_file(checkpoint / "optimizer.safetensors")
-    optimizer_state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("state."):
-            _, index, name = key.split(".", 2)
-            optimizer_state.setdefault(int(index), {})[name] = value
-    for key, value in state["optimizer_scalars"].items():
-        index, name = key.split(".", 1)
-        optimizer_state.setdefault(int(index), {})[name] = value
-    param_groups = []
-    for group in state["param_groups"]:
-        group = dict(group)
-        if isinstance(group.get("betas"), list):
-            group["betas"] = tuple(group["betas"])
-        param_groups.append(group)
-    optimizer.load_state_dict({"state": optimizer_state, "param_groups": param_groups})
-    torch.set_rng_state(tensors["rng.torch"])
-    return int(state["step"]), [float(loss) for loss in state["losses"]]
+def _remove_checkpoints(run_dir: Path, keep: Path | None) -> None:
+    for folder in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        if folder != keep and folder.is_dir():
+            logger.warning(f"HyWIA recovery: removing {folder}, left incomplete or superseded by an interrupted run.")
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _check_int(name: str, value: Any, minimum: int | None) -> None:
@@ -698,8 +656,10 @@ def _is_number(value: Any) -> bool:
 __all__ = [
     "RecoveryConfig",
     "RecoveryLog",
+    "RecoveryTrainer",
     "build_examples",
     "default_target_modules",
+    "distillation_loss",
     "load_records",
     "recover",
     "save_recovered_model",

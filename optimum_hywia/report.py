@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,12 +28,16 @@ class PruningReport:
     decoder_params_after: int
     achieved_ratio: float
     vanilla_config: bool
+    # the dense model: a Hub id or an absolute folder (the default teacher of `hywia recover --objective distillation`)
+    source_model: str | None = None
     layers: list[dict[str, Any]] = field(default_factory=list)
     kept_groups: dict[str, list[int]] = field(default_factory=dict)
     fusion_alpha: dict[str, list[float]] = field(default_factory=dict)  # "layer.kind": fine_estimators..., vector
     fusion_losses: list[float] = field(default_factory=list)
     fusion_ranking: dict[str, str] = field(default_factory=dict)  # kind: the estimate ranking groups inside slots
     ranking_losses: dict[str, dict[str, float]] = field(default_factory=dict)  # kind: candidate: hard-mask loss
+    # reconstruction != "none": relative output error of every refit projection on the calibration data
+    reconstruction_errors: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json_string(self) -> str:
@@ -81,6 +86,7 @@ def build_report(
         decoder_params_after=decoder_after,
         achieved_ratio=1 - decoder_after / total_params,
         vanilla_config=vanilla,
+        source_model=_source_model(model),
         layers=layers,
         kept_groups={f"{layer}.{kind}": indices.tolist() for (layer, kind), indices in kept.items()},
         fusion_alpha={f"{layer}.{kind}": list(alpha) for (layer, kind), alpha in fusion.alpha.items()}
@@ -90,3 +96,9 @@ def build_report(
         fusion_ranking=fusion.ranking if fusion else {},
         ranking_losses=fusion.ranking_losses if fusion else {},
     )
+
+
+def _source_model(model) -> str | None:
+    """Where the model was loaded from: its `name_or_path`, as an absolute path when it is a local folder."""
+    name = getattr(model, "name_or_path", None) or None
+    return os.path.abspath(name) if name and os.path.isdir(name) else name

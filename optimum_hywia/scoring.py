@@ -12,38 +12,58 @@ from .importance.fusion import FusionResult
 from .importance.registry import Scores, ScoringContext, get_importance, importance_names
 
 
+def calibration_batches(model: Any, config: Any, tokenizer: Any, calibration_data: Any) -> list[torch.Tensor] | None:
+    """The calibration token batches, when the importance method or the compensation needs them (else `None`)."""
+    method = get_importance(config.importance)
+    needed_by = []
+    if method.needs_data:
+        needed_by.append(f"importance={config.importance!r}")
+    if config.reconstruction != "none":
+        needed_by.append(f"reconstruction={config.reconstruction!r}")
+    if not needed_by:
+        return None
+    if calibration_data is None:
+        without = [name for name in importance_names() if not get_importance(name).needs_data]
+        verb = "need" if len(needed_by) > 1 else "needs"
+        raise ValueError(
+            f"{' and '.join(needed_by)} {verb} calibration_data (a list of strings, a datasets.Dataset, a text file "
+            f"or token ids); only {without} prune without it, with reconstruction='none'."
+        )
+    samples = prepare_calibration_data(
+        calibration_data,
+        tokenizer,
+        num_samples=config.num_calibration_samples,
+        sequence_length=config.calibration_sequence_length,
+        seed=config.seed,
+        vocab_size=model.get_input_embeddings().num_embeddings,
+    )
+    return list(torch.split(samples, config.calibration_batch_size))
+
+
 def score_groups(
     model: Any,
     spec: Any,
     config: Any,
-    tokenizer: Any,
     group_sets: list[GroupSet],
     plan: Any,
     num_layers: int,
-    calibration_data: Any,
+    batches: list[torch.Tensor] | None,
     show_progress: bool,
     seconds: dict[str, float],
 ) -> tuple[Scores, FusionResult | None]:
     """Scores of every group set by `config.importance` (a registry entry), and HyWIA's fusion result if any."""
     method = get_importance(config.importance)
-    batches = None
-    if method.needs_data:
-        if calibration_data is None:
-            without = [name for name in importance_names() if not get_importance(name).needs_data]
-            raise ValueError(
-                f"importance={config.importance!r} needs calibration_data (a list of strings, a datasets.Dataset, a "
-                f"text file or token ids); only {without} prune without it."
-            )
-        samples = prepare_calibration_data(
-            calibration_data,
-            tokenizer,
-            num_samples=config.num_calibration_samples,
-            sequence_length=config.calibration_sequence_length,
-            seed=config.seed,
-            vocab_size=model.get_input_embeddings().num_embeddings,
-        )
-        batches = list(torch.split(samples, config.calibration_batch_size))
-    context = ScoringContext(model, spec, config, group_sets, plan, num_layers, batches, show_progress, seconds)
+    context = ScoringContext(
+        model,
+        spec,
+        config,
+        group_sets,
+        plan,
+        num_layers,
+        batches if method.needs_data else None,
+        show_progress,
+        seconds,
+    )
     result = method.score(context)
     scores, fusion = result if isinstance(result, tuple) else (result, None)
     missing = [gs.key for gs in group_sets if gs.key not in scores or len(scores[gs.key]) != gs.num_groups]

@@ -119,13 +119,61 @@ def pruned_structure(model: nn.Module, spec: ArchitectureSpec, widths: list[dict
         for path, key, quantity in spec.layer_config:
             configs.setdefault(f"{prefix}.{path}", {})[key] = _quantity(quantity, layer_widths_, dim)
         if spec.alibi:
-            heads = getattr(layers[layer].get_submodule(spec.attention[0].path), ORIGINAL_HEADS_ATTRIBUTE, None)
-            if heads is None:
-                heads = torch.arange(layer_widths_["num_attention_heads"])
-            alibi[f"{prefix}.{spec.alibi.path}"] = [int(h) for h in heads]
+            alibi[f"{prefix}.{spec.alibi.path}"] = _alibi_heads(layers[layer], spec, layer_widths_)
     structure = {"hywia_module_attributes": attributes, "hywia_module_configs": configs, "hywia_alibi_heads": alibi}
     structure["hywia_alibi_inputs"] = dict(spec.alibi.inputs) if spec.alibi else {}
     return structure
+
+
+def _alibi_heads(layer: nn.Module, spec: ArchitectureSpec, widths: dict[str, int]) -> list[int]:
+    heads = getattr(layer.get_submodule(spec.attention[0].path), ORIGINAL_HEADS_ATTRIBUTE, None)
+    if heads is None:
+        heads = torch.arange(widths["num_attention_heads"])
+    return [int(h) for h in heads]
+
+
+def planned_widths(
+    widths_before: list[dict[str, int]], group_sets: list[GroupSet], kept: dict[Key, torch.Tensor]
+) -> list[dict[str, int]]:
+    """The `layer_widths` the model will have once `kept` groups of every set remain."""
+    widths = [dict(w) for w in widths_before]
+    for group_set in group_sets:
+        count, layer = len(kept[group_set.key]), widths[group_set.layer]
+        if group_set.kind == "mlp":
+            layer["intermediate_size"] = count
+            continue
+        per_group = group_set.units_per_group
+        layer["num_attention_heads"] = count * per_group["q_heads"]
+        if "kv_heads" not in per_group:
+            layer["num_key_value_heads"] = layer["num_attention_heads"]
+        elif per_group["kv_heads"]:  # 0: one KV head shared by every group (multi-query)
+            layer["num_key_value_heads"] = count * per_group["kv_heads"]
+    return widths
+
+
+def apply_layer_structure(model: nn.Module, spec: ArchitectureSpec, structure: dict, layer: int, kind: str) -> None:
+    """Apply the part of a `pruned_structure` that concerns one layer's modules of one kind, in memory, once that
+    kind is sliced (layer-by-layer compensation runs each layer right after its surgery)."""
+    from .cached_widths import owner_paths
+
+    layers_path, layers = decoder_layers(model, spec)
+    prefixes = tuple(f"{layers_path}.{layer}.{owner}" for owner in owner_paths(spec, kind))
+
+    def mine(path: str) -> bool:
+        return any(path == prefix or path.startswith(prefix + ".") for prefix in prefixes)
+
+    part = {
+        key: {path: value for path, value in (structure.get(key) or {}).items() if mine(path)}
+        for key in ("hywia_module_attributes", "hywia_module_configs")
+    }
+    if kind == "attention" and spec.alibi:
+        widths = layer_widths(model, spec)[layer]
+        part["hywia_alibi_heads"] = {
+            f"{layers_path}.{layer}.{spec.alibi.path}": _alibi_heads(layers[layer], spec, widths)
+        }
+        part["hywia_alibi_inputs"] = dict(spec.alibi.inputs)
+    widths_config = spec.widths_config(model.config)
+    apply_pruned_structure(model, part, num_heads=getattr(widths_config, spec.config_keys.num_heads))
 
 
 def vanilla_describable(

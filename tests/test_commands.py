@@ -64,6 +64,20 @@ def test_optimum_cli_discovers_the_commands_without_importing_torch():
     assert any("site-packages" in path for path in optimum.__path__)
 
 
+def test_prune_with_a_weight_only_method_compensates_when_asked(workspace, tmp_path):
+    result = cli(
+        "prune", str(workspace / "base"), "-o", str(tmp_path / "l2"), "--ratio", "0.3", "--importance", "l2",
+        "--reconstruction", "bias", "--calibration-data", str(workspace / "text.txt"), "--samples", "8",
+        "--sequence-length", "32", "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "l2" / "hywia_config.json").read_text())["reconstruction"] == "bias"
+    assert json.loads((tmp_path / "l2" / "config.json").read_text())["mlp_bias"] is True
+    result = cli("prune", str(workspace / "base"), "-o", str(tmp_path / "plain"), "--importance", "l2", "--quiet")
+    assert result.returncode == 0, result.stderr  # no data needed: nothing to compensate with
+    assert json.loads((tmp_path / "plain" / "hywia_config.json").read_text())["reconstruction"] == "none"
+
+
 def test_prune_evaluate_recover_round_trip(workspace):
     pruned, recovered = workspace / "pruned", workspace / "recovered"
     result = cli(
@@ -77,7 +91,8 @@ def test_prune_evaluate_recover_round_trip(workspace):
     saved = json.loads((pruned / "hywia_config.json").read_text())
     assert saved["fusion_objective"] == "lm" and saved["fine_estimators"] == ["element2"]
     assert saved["fusion_ranking"] == "vector"
-    assert "HyWIA fusion training" in result.stderr  # progress bars
+    assert saved["reconstruction"] == "least_squares"  # the default with calibration data: compensate
+    assert "HyWIA fusion training" in result.stderr and "HyWIA compensation" in result.stderr  # progress bars
     report = json.loads((pruned / "hywia_report.json").read_text())
     assert report["fusion_ranking"] == {"attention": "vector", "mlp": "vector"}
     assert report["layout"] == "per_layer" and (pruned / "README.md").is_file()
@@ -102,7 +117,7 @@ def test_prune_evaluate_recover_round_trip(workspace):
     assert "Recovered with LoRA (4 steps" in result.stdout
     log = json.loads((recovered / "recovery_log.json").read_text())
     assert log["data_format"] == "instruction" and log["steps"] == 4
-    assert (Path(f"{recovered}.recovery") / "checkpoint" / "trainer_state.json").is_file()
+    assert (Path(f"{recovered}.recovery") / "checkpoint-4" / "trainer_state.json").is_file()
     card = (recovered / "README.md").read_text()
     assert "## LoRA recovery" in card and "## Evaluation" not in card  # old results describe the unrecovered model
     before, after = load_pruned_model(pruned), load_pruned_model(recovered)
@@ -207,9 +222,13 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_and_a_changed_run_is_refused(wo
         env=env,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    state = tmp_path / "out.recovery" / "checkpoint" / "trainer_state.json"
+    states = tmp_path / "out.recovery"
     deadline = time.monotonic() + 300
-    while not state.is_file() and process.poll() is None and time.monotonic() < deadline:
+    while (
+        not any(states.glob("checkpoint-*/trainer_state.json"))
+        and process.poll() is None
+        and time.monotonic() < deadline
+    ):
         time.sleep(0.5)
     process.send_signal(signal.SIGINT)
     try:
@@ -217,7 +236,8 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130_and_a_changed_run_is_refused(wo
     finally:
         process.kill()  # never leave a 100000-step training behind
     assert process.returncode == 130 and "hywia recover: interrupted" in stderr and "Traceback" not in stderr
-    step = json.loads(state.read_text())["step"]
+    (state,) = states.glob("checkpoint-*/trainer_state.json")
+    step = json.loads(state.read_text())["global_step"]
     assert step >= 1
 
     args[args.index("100000")] = str(step + 1)  # a shorter run is a different run: refused, with the reason

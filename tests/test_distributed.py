@@ -11,11 +11,14 @@ from conftest import run_python
 TESTS_DIR = Path(__file__).parent
 
 CASES = [
-    ("hywia", "uniform"),
-    ("hywia", "per_layer"),
-    ("element1", "per_layer"),
-    ("element2", "uniform"),
-    ("wanda_sp", "per_layer"),  # forward passes only: every rank runs every batch
+    ("hywia", "uniform", "none"),
+    ("hywia", "per_layer", "none"),
+    ("element1", "per_layer", "none"),
+    ("element2", "uniform", "none"),
+    ("wanda_sp", "per_layer", "none"),  # forward passes only: every rank runs every batch
+    # compensation: each rank propagates its share of the batches; the input statistics are all-reduced
+    ("element1", "per_layer", "least_squares"),
+    ("slimgpt", "uniform", "least_squares"),
 ]
 
 SCRIPT = """
@@ -29,19 +32,22 @@ from optimum_hywia.distributed import distributed_world
 CASES = {cases!r}
 
 
-def prune(model, importance, layout, batch_size=4):
+def prune(model, importance, layout, reconstruction="none", batch_size=4):
     config = HyWIAConfig(
         pruning_ratio=0.3, importance=importance, layout=layout, num_calibration_samples=16,
         calibration_sequence_length=32, calibration_batch_size=batch_size, fusion_steps=4, fusion_learning_rate=0.2,
+        reconstruction=reconstruction,
     )
     pruner = HyWIAPruner(model, config)
     pruner.prune(arithmetic_sequences(16, seed=7), show_progress=False)
-    return {{"kept": pruner.report.kept_groups, "losses": pruner.report.fusion_losses}}
+    refit = [name for name in model.state_dict() if "o_proj" in name or "down_proj" in name]
+    weights = {{name: model.state_dict()[name].flatten().tolist() for name in refit}}
+    return {{"kept": pruner.report.kept_groups, "losses": pruner.report.fusion_losses, "weights": weights}}
 
 
 def run_all(base):
     import copy
-    return {{f"{{i}} {{l}}": prune(copy.deepcopy(base), i, l) for i, l in CASES}}
+    return {{f"{{i}} {{l}} {{r}}": prune(copy.deepcopy(base), i, l, r) for i, l, r in CASES}}
 
 
 def worker(rank, world_size, init_file, base, queue):
@@ -92,14 +98,17 @@ def runs(tmp_path_factory) -> dict:
     return json.loads(output.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("importance, layout", CASES)
-def test_two_gloo_ranks_keep_the_same_groups_as_one_process(runs, importance, layout):
-    case = f"{importance} {layout}"
+@pytest.mark.parametrize("importance, layout, reconstruction", CASES)
+def test_two_gloo_ranks_keep_the_same_groups_and_weights_as_one_process(runs, importance, layout, reconstruction):
+    case = f"{importance} {layout} {reconstruction}"
     single = runs["single"][case]
     for rank in runs["ranks"]:
         assert rank[case]["kept"] == single["kept"]
         # the fusion training sees the whole batch's loss on every rank, equal to the single process's
         assert rank[case]["losses"] == pytest.approx(single["losses"], rel=1e-4)
+        assert rank[case]["weights"].keys() == single["weights"].keys()
+        for name, values in single["weights"].items():  # statistics summed in another order: float64 round-off
+            assert rank[case]["weights"][name] == pytest.approx(values, rel=1e-5, abs=1e-6), name
     if importance == "hywia":
         assert len(single["losses"]) == 4
 

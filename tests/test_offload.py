@@ -48,6 +48,7 @@ def load(checkpoints, name: str, offload: bool, tmp_path):
 
 def tiny_config(**overrides) -> HyWIAConfig:
     settings = dict(num_calibration_samples=8, calibration_sequence_length=32, calibration_batch_size=4, fusion_steps=3)
+    settings.setdefault("reconstruction", "none")  # exact masking equivalences; compensation has its own tests
     settings.update(overrides)
     return HyWIAConfig(**settings)
 
@@ -197,3 +198,21 @@ def test_projections_offloaded_by_a_parent_hook_are_refused_before_any_work(chec
     with pytest.raises(ValueError, match="offloaded by a parent module's hook"):
         HyWIAPruner(model, tiny_config()).prune(token_batch, show_progress=False)
     assert model.model.layers[1].mlp.up_proj.weight.shape == (96, 64)  # untouched
+
+
+@pytest.mark.parametrize("reconstruction", ["least_squares", "bias"])
+@pytest.mark.parametrize("name", list(DEVICE_MAPS))
+def test_compensated_offloaded_model_matches_the_resident_one(checkpoints, name, reconstruction, token_batch, tmp_path):
+    from optimum_hywia.offload import materialised_state_dict
+
+    config = tiny_config(pruning_ratio=0.3, importance="element1", layout="per_layer", reconstruction=reconstruction)
+    (resident, expected), (offloaded, logits) = prune_both(checkpoints, name, config, token_batch, tmp_path)
+    assert offloaded.report.kept_groups == resident.report.kept_groups
+    assert offloaded.model.model.layers[1].mlp.down_proj.bias is not None  # Llama's mlp_bias, switched on
+    resident_weights, offloaded_weights = resident.model.state_dict(), materialised_state_dict(offloaded.model)
+    assert offloaded_weights.keys() == resident_weights.keys()
+    for key, value in resident_weights.items():
+        torch.testing.assert_close(offloaded_weights[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    folder = offloaded.save_pretrained(tmp_path / "pruned")
+    torch.testing.assert_close(reloaded_logits(folder, not offloaded.report.vanilla_config), expected)

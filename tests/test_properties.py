@@ -98,6 +98,7 @@ def test_prune_save_reload_equals_the_masked_original(family, case, tmp_path_fac
         calibration_sequence_length=16,
         calibration_batch_size=2,
         fusion_steps=2,
+        reconstruction="none",  # the properties compare the pruned model with the masked dense one
         **case["config"],
     )
     reference = copy.deepcopy(model)

@@ -126,12 +126,21 @@ def _loads_with(spec: ArchitectureSpec) -> str:
     return "vanilla" + (" (head counts dividing hidden_size)" if spec.hidden_divisible_by_heads else "")
 
 
+def _compensation_bias(spec: ArchitectureSpec) -> str:
+    """Where a compensated projection (`reconstruction`) gets a bias: its own, or one a config switch adds."""
+    own = "where the checkpoint's projection has one"
+    if not spec.bias_switches:
+        return own
+    switched = ", ".join(f"{kind}: `{key}` switched on" for kind, key in spec.bias_switches)
+    return f"{switched}; else {own}"
+
+
 def architectures_markdown() -> str:
     """The supported-families table of docs/architectures.md, generated from the mapping tables."""
     lines = [
         "| model_type | family | decoder layers | attention group (dim) | MLP channel (dim) | fused layout "
-        "| uniform layout loads with | quirks |",
-        "|---|---|---|---|---|---|---|---|",
+        "| uniform layout loads with | compensation bias | quirks |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for model_type, spec in sorted(ARCHITECTURES.items()):
         attention = ", ".join(f"`{p.path}` ({p.dim})" for p in spec.attention)
@@ -141,7 +150,7 @@ def architectures_markdown() -> str:
             fused += " (layout chosen from the config)"
         lines.append(
             f"| `{model_type}` | {spec.name} | `{spec.layers}` | {attention} | {mlp} | {fused} | {_loads_with(spec)} "
-            f"| {spec.notes or '-'} |"
+            f"| {_compensation_bias(spec)} | {spec.notes or '-'} |"
         )
     lines += [
         "",

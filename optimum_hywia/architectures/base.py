@@ -126,6 +126,9 @@ class ArchitectureSpec:
         auto_class: the transformers Auto class that loads the family's checkpoints (`HyWIAPruner.from_pretrained`):
             `"AutoModelForCausalLM"` for decoders, `"AutoModel"` for encoders.
         variants: config-dependent changes to this table (`Variant`), applied in order by `for_config`.
+        bias_switches: (group kind, config key) pairs of boolean config keys that give every projection of that kind a
+            bias (Llama's `("mlp", "mlp_bias")`); compensation switches one on to carry a refit bias where the
+            input-sliced projection has none, and the checkpoint still loads with the family's class.
         notes: per-family quirks, for docs/architectures.md.
     """
 
@@ -146,6 +149,7 @@ class ArchitectureSpec:
     remote_code: bool = False
     auto_class: str = "AutoModelForCausalLM"
     variants: tuple[Variant, ...] = field(default=(), compare=False, repr=False)
+    bias_switches: tuple[tuple[str, str], ...] = ()
     notes: str = ""
 
     def projections(self, kind: str) -> tuple[Projection, ...]:

@@ -9,6 +9,7 @@ from .llama import LLAMA
 GEMMA = replace(
     LLAMA,
     name="Gemma",
+    bias_switches=(("attention", "attention_bias"),),
     model_types=("gemma",),
     hidden_divisible_by_heads=False,
     notes="head_dim independent of hidden_size; multi-query (1 KV head) prunes single query heads",
@@ -16,12 +17,14 @@ GEMMA = replace(
 GEMMA2 = replace(
     LLAMA,
     name="Gemma 2",
+    bias_switches=(("attention", "attention_bias"),),
     model_types=("gemma2",),
     notes="sliding-window layers, logit soft-capping; config requires hidden_size % heads == 0",
 )
 GEMMA3_TEXT = replace(
     LLAMA,
     name="Gemma 3 (text)",
+    bias_switches=(("attention", "attention_bias"),),
     model_types=("gemma3_text",),
     notes="q/k norms over head_dim, sliding-window layers; config requires hidden_size % heads == 0",
 )

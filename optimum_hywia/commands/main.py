@@ -13,7 +13,7 @@ HyWIA structured pruning of LLMs (optimum-hywia). The same commands run as `opti
 
   hywia prune MODEL -o OUTPUT      prune a model and save it (safetensors + config + model card)
   hywia evaluate MODEL             perplexity and zero-shot accuracy
-  hywia recover PRUNED -o OUTPUT   LoRA recovery, merged back into the weights
+  hywia recover PRUNED -o OUTPUT   LoRA or distillation recovery, merged back into the weights
 
 Run `hywia <command> --help` for its options and examples."""
 

@@ -14,7 +14,7 @@ from typing import Any
 from ..data.inputs import is_token_ids
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
-BUILTIN_TEXTS = ("lambada", "wikipedia")
+BUILTIN_TEXTS = ("mix", "lambada", "wikipedia")
 
 
 class CommandError(Exception):
@@ -54,7 +54,7 @@ def prune(args: argparse.Namespace) -> None:
     calibration = None
     from ..importance import get_importance
 
-    if get_importance(config.importance).needs_data:
+    if get_importance(config.importance).needs_data or config.reconstruction not in (None, "none"):
         calibration = _calibration_data(args)
     needs_tokenizer = args.evaluate or (calibration is not None and not is_token_ids(calibration))
     tokenizer = _load_tokenizer(args, name, kwargs, required=needs_tokenizer, token_ids_help=True)
@@ -105,6 +105,8 @@ def _hywia_config(args: argparse.Namespace, config_class: Any) -> Any:
         "round_to": args.round_to,
         "head_round_to": args.head_round_to,
         "seed": args.seed,
+        "reconstruction": args.reconstruction,
+        "reconstruction_ridge": args.reconstruction_ridge,
     }
     values.update({key: value for key, value in flags.items() if value is not None})
     values.pop("optimum_hywia_version", None)
@@ -218,10 +220,14 @@ def _print_results(results: dict[str, Any]) -> None:
 
 def recover(args: argparse.Namespace) -> None:
     from ..model_card import push_checkpoint_to_hub
-    from ..recovery import RecoveryConfig, save_recovered_model
+    from ..recovery import RecoveryConfig, load_records, save_recovered_model
     from ..recovery import recover as run_recovery
 
     config = RecoveryConfig(
+        method=args.method,
+        objective=args.objective or ("distillation" if args.teacher else "lm"),
+        temperature=args.temperature,
+        distillation_weight=args.distillation_weight,
         rank=args.rank,
         alpha=args.alpha,
         dropout=args.dropout,
@@ -243,18 +249,52 @@ def recover(args: argparse.Namespace) -> None:
     if not Path(args.model).is_dir() and not args.gguf_file:
         args.model = _download(args.model, args.revision)  # the pruning files are carried over from the folder
     data = load_data(args.data, args.dataset_config, args.dataset_split)
-    from ..recovery import load_records
-
     model, tokenizer, folder = _load_for_use(args, needs_tokenizer=not is_token_ids(load_records(data)))
+    teacher = _load_teacher(args, folder, model.device) if config.objective == "distillation" else None
     state_dir = Path(args.state_dir or f"{Path(args.output).resolve()}.recovery")
-    model = run_recovery(model, tokenizer, data, config, output_dir=state_dir, show_progress=not args.quiet)
+    model = run_recovery(
+        model, tokenizer, data, config, output_dir=state_dir, teacher=teacher, show_progress=not args.quiet
+    )
     log = model.hywia_recovery_log
     saved = save_recovered_model(model, tokenizer, folder, args.output, overwrite=args.overwrite)
     loss = f", loss {log.initial_loss:.4f} -> {log.final_loss:.4f}" if log.losses else ""
-    print(f"Recovered with LoRA ({log.steps} steps{loss}). Saved to {saved}")
+    how = "LoRA" if config.method == "lora" else "full fine-tuning"
+    distilled = f", distilled from {log.teacher}" if teacher is not None else ""
+    print(f"Recovered with {how} ({log.steps} steps{loss}{distilled}). Saved to {saved}")
     if args.push_to_hub:
         url = push_checkpoint_to_hub(saved, args.push_to_hub, private=args.private)
         print(f"Uploaded to {args.push_to_hub}: {url}")
+
+
+def _load_teacher(args: argparse.Namespace, folder: Path, device: Any) -> Any:
+    """The distillation teacher: --teacher, else the source model the pruned checkpoint's report records."""
+    from transformers import AutoModelForCausalLM
+
+    from ..model_card import REPORT_NAME
+    from ..modeling import load_pruned_model
+
+    name = args.teacher
+    if name is None:
+        report = folder / REPORT_NAME
+        name = json.loads(report.read_text()).get("source_model") if report.is_file() else None
+        if not name:
+            raise CommandError(
+                f"--objective distillation needs a teacher and {report} records no source model: pass --teacher "
+                "(the dense model's Hub id or folder)."
+            )
+    ggufs = sorted(Path(name).glob("*.gguf")) if not (Path(name) / "config.json").is_file() else []
+    gguf_file = ggufs[0].name if len(ggufs) == 1 else None  # a folder with one GGUF file (the offline SmolLM2)
+    teacher_args = argparse.Namespace(**{**vars(args), "model": name, "gguf_file": gguf_file, "revision": None})
+    name, kwargs, description, _ = _model_location(teacher_args)
+    _say(args, f"Loading the teacher {description}")
+    try:
+        if kwargs.get("gguf_file") or kwargs.get("trust_remote_code"):
+            teacher = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+        else:
+            teacher = load_pruned_model(name, **kwargs)
+    except Exception as error:
+        raise CommandError(f"The teacher {name} does not load ({_one_line(error)}); pass --teacher.") from None
+    return teacher.to(device).eval()
 
 
 # ---------------------------------------------------------------------------------------------------------- shared
@@ -264,7 +304,10 @@ def load_data(source: str, config_name: str | None = None, split: str = "train")
     """Texts or records from a built-in text, a file, or a `datasets` dataset (name, config, split); what the
     library's shared normaliser (`optimum_hywia.data.inputs.normalize_inputs`) accepts."""
     from ..data import lambada_texts, wikipedia_texts
+    from ..data.text_sources import calibration_mix
 
+    if source == "mix":
+        return calibration_mix()
     if source == "lambada":
         return lambada_texts()
     if source == "wikipedia":

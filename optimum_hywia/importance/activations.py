@@ -43,6 +43,7 @@ class ActivationStatistics:
         self.num_batches = 0
         self.num_tokens = 0
         self.squared_norms: dict[tuple[int, str], dict[int, torch.Tensor]] = {}
+        self.sums: dict[tuple[int, str], dict[int, torch.Tensor]] = {}  # sum over tokens of x_j (FLAP's mean)
         for group_set in group_sets:
             norms = {
                 index: torch.zeros(projection.size, dtype=torch.float64)
@@ -55,11 +56,13 @@ class ActivationStatistics:
                     "wanda_sp scores the input columns of o_proj/down_proj-like projections."
                 )
             self.squared_norms[group_set.key] = norms
+            self.sums[group_set.key] = {index: torch.zeros_like(norm) for index, norm in norms.items()}
 
-    def _hook(self, accumulator: torch.Tensor, calls: list[int]):
+    def _hook(self, accumulator: torch.Tensor, sums: torch.Tensor, calls: list[int]):
         def record(module, args):
-            inputs = args[0].detach()
-            accumulator.add_(inputs.float().square().reshape(-1, inputs.shape[-1]).sum(0).double().cpu())
+            inputs = args[0].detach().float().reshape(-1, args[0].shape[-1])
+            accumulator.add_(inputs.square().sum(0).double().cpu())
+            sums.add_(inputs.sum(0).double().cpu())
             calls[0] += 1
 
         return record
@@ -87,7 +90,8 @@ class ActivationStatistics:
                 for index, accumulator in self.squared_norms[group_set.key].items():
                     projection = group_set.projections[index]
                     counter = calls.setdefault(projection.name, [0])
-                    handles.append(projection.module.register_forward_pre_hook(self._hook(accumulator, counter)))
+                    sums = self.sums[group_set.key][index]
+                    handles.append(projection.module.register_forward_pre_hook(self._hook(accumulator, sums, counter)))
             device = execution_device(model)
             encoder = _encoder(model)
             dtype = getattr(torch, autocast_dtype) if autocast_dtype else None
@@ -133,4 +137,35 @@ def activation_scores(statistics: ActivationStatistics) -> dict[tuple[int, str],
             magnitude = weight.float().abs().sum(1 - projection.weight_axis).double().cpu()  # Conv1D: [in, out]
             values.append(magnitude * norms[index].sqrt())
         scores[group_set.key] = group_sum(group_set, values)
+    return scores
+
+
+def fluctuation_scores(statistics: ActivationStatistics) -> dict[tuple[int, str], torch.Tensor]:
+    """FLAP's fluctuation metric, standardised per layer and module kind (float64).
+
+    Per input column `j` of an input-sliced projection: `Var(X_j) · ‖W[:, j]‖²` (the variance of the input feature
+    over the calibration tokens: how much the output would move if the column were replaced by its mean, which the
+    bias compensation adds back); a group sums its columns; the scores of one set are then standardised,
+    `(S - mean) / std`, so that the `per_layer` layout ranks every layer and kind on one scale (FLAP's adaptive
+    structure search).
+    """
+    if statistics.num_batches == 0:
+        raise ValueError("No calibration batch was run: flap needs calibration data.")
+    scores = {}
+    for group_set in statistics.group_sets:
+        key = group_set.key
+        values = []
+        for index, projection in enumerate(group_set.projections):
+            if index not in statistics.squared_norms[key]:
+                values.append(torch.zeros(projection.size, dtype=torch.float64))
+                continue
+            tokens = max(statistics.num_tokens, 1)
+            mean = statistics.sums[key][index] / tokens
+            variance = (statistics.squared_norms[key][index] / tokens - mean.square()).clamp_min(0)
+            weight = module_tensor(projection.module, "weight").detach()
+            column_norms = weight.float().square().sum(1 - projection.weight_axis).double().cpu()
+            values.append(variance * column_norms)
+        raw = group_sum(group_set, values)
+        spread = raw.std() if raw.numel() > 1 else raw.new_tensor(0.0)
+        scores[key] = (raw - raw.mean()) / spread if spread > 0 else torch.zeros_like(raw)
     return scores

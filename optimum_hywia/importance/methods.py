@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import time
 
-from .activations import ActivationStatistics, activation_scores
+from .activations import ActivationStatistics, activation_scores, fluctuation_scores
 from .estimators import gradient_scores, l2_scores, random_scores
 from .fusion import HybridFusion
 from .ranking import FUSED, choose_rankings, rank_slots
 from .registry import ImportanceMethod, ScoringContext
+from .slimgpt import SlimGPT
 
 
 class HyWIA(ImportanceMethod):
@@ -104,11 +105,10 @@ class Random(ImportanceMethod):
         return random_scores(context.group_sets, context.config.seed)
 
 
-class WandaSP(ImportanceMethod):
-    description = "FLAP's Wanda-sp: abs(W) · ‖X‖ of the o_proj/down_proj input columns (forward passes only)"
+class _ActivationMethod(ImportanceMethod):
     needs_calibration = needs_activations = True
 
-    def score(self, context: ScoringContext):
+    def activations(self, context: ScoringContext) -> ActivationStatistics:
         config = context.config
         start = time.perf_counter()
         activations = ActivationStatistics(context.group_sets)  # every rank runs every batch
@@ -120,7 +120,25 @@ class WandaSP(ImportanceMethod):
             config.autocast_dtype,
         )
         context.seconds["activations"] = time.perf_counter() - start
-        return activation_scores(activations)
+        return activations
+
+
+class WandaSP(_ActivationMethod):
+    description = "FLAP's Wanda-sp: abs(W) · ‖X‖ of the o_proj/down_proj input columns (forward passes only)"
+
+    def score(self, context: ScoringContext):
+        return activation_scores(self.activations(context))
+
+
+class Flap(_ActivationMethod):
+    description = (
+        "FLAP's fluctuation metric Var(X_j) · ‖W[:, j]‖² of the o_proj/down_proj input columns, standardised per "
+        "layer and kind (global allocation with `per_layer`); pair it with reconstruction='bias' as FLAP does"
+    )
+    per_parameter = False  # FLAP ranks the standardised scores globally against each group's parameter cost
+
+    def score(self, context: ScoringContext):
+        return fluctuation_scores(self.activations(context))
 
 
 # registered by `registry` on first use, in this order (`registry.BUILT_IN`)
@@ -132,4 +150,6 @@ BUILT_IN_METHODS: dict[str, type[ImportanceMethod]] = {
     "l2": L2,
     "random": Random,
     "wanda_sp": WandaSP,
+    "flap": Flap,
+    "slimgpt": SlimGPT,
 }

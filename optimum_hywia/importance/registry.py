@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 Scores = dict["Key", "torch.Tensor"]
 ENTRY_POINT_GROUP = "optimum_hywia.importance"
 # the methods of optimum_hywia.importance.methods, in the order the docs and the CLI list them
-BUILT_IN = ("hywia", "element1", "element2", "vector", "l2", "random", "wanda_sp")
+BUILT_IN = ("hywia", "element1", "element2", "vector", "l2", "random", "wanda_sp", "flap", "slimgpt")
 
 
 class ImportanceMethod(ABC):
@@ -57,6 +57,9 @@ class ImportanceMethod(ABC):
     needs_activations: ClassVar[bool] = False
     uses_fusion: ClassVar[bool] = False
     per_parameter: ClassVar[bool] = True
+    # optional `reselect(group_set, dense_weights, input_statistics, keep, ridge) -> kept group indices`: the
+    # compensation stage calls it per layer, on the pruned model's inputs, to choose which groups go (SlimGPT)
+    reselect: ClassVar[Any] = None
 
     @property
     def needs_data(self) -> bool:

