@@ -383,7 +383,8 @@ def remove_and_compensate(
                 new_weight, new_bias = refit(
                     weight, bias, columns, statistics[i], reconstruction, config.reconstruction_ridge, fit_bias
                 )
-                errors[projection.name] = relative_error(weight, bias, columns, new_weight, new_bias, statistics[i])
+                if statistics[i].gram is not None:  # the error needs the Gram matrix (not kept for "bias")
+                    errors[projection.name] = relative_error(weight, bias, columns, new_weight, new_bias, statistics[i])
                 set_parameter(
                     projection.module, "weight", new_weight.T.contiguous() if projection.transposed else new_weight
                 )
@@ -396,8 +397,6 @@ def remove_and_compensate(
 
 def relative_error(weight, bias, kept, new_weight, new_bias, statistics: InputStatistics) -> float:
     """`‖X_S W'ᵀ + b' − (X Wᵀ + b)‖² / ‖X Wᵀ + b‖²` on the calibration inputs, from their statistics."""
-    if statistics.gram is None:
-        return float("nan")
     gram, sums, count = statistics.gram, statistics.sums, statistics.count
     w = weight.double().to(gram.device)
     b = (

@@ -36,7 +36,7 @@ class PruningReport:
     fusion_losses: list[float] = field(default_factory=list)
     fusion_ranking: dict[str, str] = field(default_factory=dict)  # kind: the estimate ranking groups inside slots
     ranking_losses: dict[str, dict[str, float]] = field(default_factory=dict)  # kind: candidate: hard-mask loss
-    # reconstruction != "none": relative output error of every refit projection on the calibration data
+    # reconstruction="least_squares": relative output error of every refit projection on the calibration data
     reconstruction_errors: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
