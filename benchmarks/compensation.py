@@ -11,6 +11,10 @@ Each run is cached as one JSON file under `--results`, so the matrix can be run 
     .venv/bin/python benchmarks/compensation.py --ratios 0.5 0.2 --runs dense element1:none element1:least_squares \
         flap:bias flap:least_squares hywia:least_squares
     .venv/bin/python benchmarks/compensation.py --report   # markdown table of the cache
+
+Each pruned model is also saved (safetensors, `--models`, outside the repository), so zero-shot accuracy can be added
+to cached runs later: `--accuracy-limit 500` scores the first 500 items of each of the seven tasks (ARC-Challenge:
+all 299) through lm-eval, item by item, and the report pairs every method against `flap` on the same items.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ from transformers.utils import logging
 
 from optimum_hywia import HyWIAConfig, HyWIAPruner
 from optimum_hywia.data import lambada_texts, wikipedia_texts
+from optimum_hywia.data.assets import cache_root
 from optimum_hywia.data.models import SMOLLM2_HUB_ID, model_source
 from optimum_hywia.data.text_sources import HELDOUT_LAMBADA, calibration_mix, news_texts
-from optimum_hywia.evaluation import perplexity
+from optimum_hywia.evaluation import PAPER_TASKS, evaluate_zero_shot, paired_difference, perplexity
+from optimum_hywia.modeling import load_pruned_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "compensation"
@@ -88,6 +94,7 @@ def run_one(args, dense, tokenizer, method: str, reconstruction: str, ratio: flo
         )
         pruner = HyWIAPruner(model, config, tokenizer)
         pruner.prune(calibration_data=calibration_texts(args.calibration), show_progress=False)
+        pruner.save_pretrained(Path(args.models) / run_key(method, reconstruction, ratio, layout, seed, args), True)
         record.update(
             config=config.to_dict(),
             achieved_ratio=pruner.report.achieved_ratio,
@@ -132,14 +139,42 @@ def run_matrix(args: argparse.Namespace) -> None:
                     key = run_key(method, reconstruction, ratio, layout, seed, args)
                     path = results / f"{key}.json"
                     if path.exists():
-                        continue
-                    torch.manual_seed(seed)
-                    record = run_one(args, dense, tokenizer, method, reconstruction, ratio, layout, seed)
-                    temporary = path.with_suffix(".tmp")
-                    temporary.write_text(json.dumps(record, indent=1) + "\n")
-                    temporary.replace(path)
-                    ppl = "  ".join(f"{name} {value:8.2f}" for name, value in record["ppl"].items())
-                    print(f"{key:<58} {ppl}  ({record['prune_seconds']:.0f} s)", flush=True)
+                        record = json.loads(path.read_text())
+                    else:
+                        torch.manual_seed(seed)
+                        record = run_one(args, dense, tokenizer, method, reconstruction, ratio, layout, seed)
+                        _write(path, record)
+                        ppl = "  ".join(f"{name} {value:8.2f}" for name, value in record["ppl"].items())
+                        print(f"{key:<58} {ppl}  ({record['prune_seconds']:.0f} s)", flush=True)
+                    if args.accuracy_limit and (record.get("zero_shot_limit") or 0) < args.accuracy_limit:
+                        _add_accuracy(args, record, path, key, dense, tokenizer)
+
+
+def _write(path: Path, record: dict) -> None:
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(record, indent=1) + "\n")
+    temporary.replace(path)
+
+
+def _add_accuracy(args, record: dict, path: Path, key: str, dense, tokenizer) -> None:
+    """Zero-shot accuracy, item by item, of the run's saved model (the dense model for `dense`)."""
+    saved = Path(args.models) / key
+    if key == "dense":
+        model = dense
+    elif saved.is_dir():
+        model = load_pruned_model(saved).eval()
+    else:
+        print(f"{key}: no saved model under {saved}; delete {path} to prune it again", flush=True)
+        return
+    start = time.perf_counter()
+    record["zero_shot"] = evaluate_zero_shot(
+        model, tokenizer, limit=args.accuracy_limit, batch_size=args.batch_size, per_item=True
+    )
+    record["zero_shot_limit"] = args.accuracy_limit
+    record["zero_shot_seconds"] = time.perf_counter() - start
+    _write(path, record)
+    average = 100 * record["zero_shot"]["average"]["acc"]
+    print(f"{key:<58} 7-task acc {average:.2f}  ({record['zero_shot_seconds']:.0f} s)", flush=True)
 
 
 def summarise(records: list[dict]) -> list[dict]:
@@ -216,12 +251,76 @@ def _plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def paired_accuracy(records: list[dict], baseline: str = "flap") -> list[dict]:
+    """Every pruned run's accuracy minus `baseline`'s (any reconstruction of it), item by item, same ratio, layout,
+    calibration and seed, on the items both scored."""
+    scored = [r for r in records if r.get("zero_shot") and r["method"] != "dense"]
+    rows = []
+    for ours in scored:
+        for theirs in scored:
+            same = all(ours[k] == theirs[k] for k in ("ratio", "layout", "seed", "calibration", "samples"))
+            if not same or theirs["method"] != baseline or ours is theirs:
+                continue
+            limit = min(ours["zero_shot_limit"], theirs["zero_shot_limit"])
+            pair = tuple({t: {"items": {"acc": r["zero_shot"][t]["items"]["acc"][:limit]}} for t in PAPER_TASKS}
+                         for r in (ours, theirs))  # fmt: skip
+            rows.append(
+                {
+                    "ratio": ours["ratio"],
+                    "layout": ours["layout"],
+                    "seed": ours["seed"],
+                    "run": f"{ours['method']}:{ours['reconstruction']}",
+                    "baseline": f"{theirs['method']}:{theirs['reconstruction']}",
+                    **paired_difference([pair]),
+                }
+            )
+    return sorted(rows, key=lambda row: (row["ratio"], row["layout"], row["seed"], row["run"]))
+
+
+def _accuracy_markdown(records: list[dict], paired: list[dict]) -> str:
+    scored = sorted((r for r in records if r.get("zero_shot")), key=lambda r: (r["ratio"] if r["method"] != "dense"
+                    else 0, r["method"], r["reconstruction"], r["seed"]))  # fmt: skip
+    if not scored:
+        return ""
+    lines = [
+        "| ratio | method | reconstruction | seed | items/task | " + " | ".join(PAPER_TASKS) + " | average acc |",
+        "|---|---|---|---|---|" + "---|" * len(PAPER_TASKS) + "---|",
+    ]
+    for r in scored:
+        tasks = " | ".join(f"{100 * r['zero_shot'][t]['acc']:.1f}" for t in PAPER_TASKS)
+        ratio = "0%" if r["method"] == "dense" else f"{r['ratio']:.0%}"
+        lines.append(
+            f"| {ratio} | {r['method']} | {r['reconstruction']} | {r['seed']} | {r['zero_shot_limit']} | {tasks} | "
+            f"{100 * r['zero_shot']['average']['acc']:.2f} |"
+        )
+    if paired:
+        lines += [
+            "",
+            "Paired against FLAP on the same items (points; ± standard error of the paired difference):",
+            "",
+            "| ratio | layout | seed | run | baseline | discordant items | average acc diff | without BoolQ |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in paired:
+            lines.append(
+                f"| {row['ratio']:.0%} | {row['layout']} | {row['seed']} | {row['run']} | {row['baseline']} | "
+                f"{row['discordant_items']} | **{row['average_diff']:+.2f} ± {row['standard_error']:.2f}** | "
+                f"{row['without_boolq_diff']:+.2f} ± {row['without_boolq_standard_error']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def write_report(args: argparse.Namespace) -> None:
     records = [json.loads(path.read_text()) for path in sorted(Path(args.results).glob("*.json"))]
     rows = summarise(records)
-    (ROOT / "benchmarks" / "results" / "compensation.json").write_text(json.dumps(rows, indent=1) + "\n")
+    paired = paired_accuracy(records)
+    summary = {"perplexity": rows, "paired_accuracy": paired}
+    (ROOT / "benchmarks" / "results" / "compensation.json").write_text(json.dumps(summary, indent=1) + "\n")
     _plot(rows, ROOT / "docs" / "results_compensation.png")
     table = _markdown(rows)
+    accuracy = _accuracy_markdown(records, paired)
+    if accuracy:
+        table += "\nZero-shot accuracy (lm-eval `acc`, first items of each validation split):\n\n" + accuracy
     path = ROOT / "docs" / "results_compensation.md"
     text = path.read_text() if path.exists() else f"{BEGIN}\n{END}\n"
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
@@ -242,6 +341,9 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--models", default=str(cache_root() / "benchmarks" / "compensation"), help="saved models")
+    parser.add_argument("--accuracy-limit", type=int, default=0, help="zero-shot items per task (0: none)")
+    parser.add_argument("--batch-size", type=int, default=16, help="lm-eval batch size")
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
     logging.set_verbosity_error()

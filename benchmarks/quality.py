@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from transformers.utils import logging
 from optimum_hywia import HyWIAConfig, HyWIAPruner
 from optimum_hywia.data import lambada_texts, wikipedia_texts
 from optimum_hywia.data.models import SMOLLM2_HUB_ID, model_source
-from optimum_hywia.evaluation import perplexity
+from optimum_hywia.evaluation import paired_difference, perplexity
 from optimum_hywia.evaluation.zero_shot import PAPER_TASKS, evaluate_zero_shot, task_data_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -295,28 +294,13 @@ def _pairs(groups: dict[tuple, list[dict[str, Any]]], method: str):
 
 
 def _item_paired(groups: dict[tuple, list[dict[str, Any]]], method: str = "hywia") -> list[dict[str, Any]]:
-    """Item by item: `method` minus each baseline in `acc`, on the same items, pooled over the seeds both ran.
-
-    The difference of the seven-task average is the mean over tasks of the per-task mean difference; its standard
-    error comes from the per-item differences (`sqrt(sum_t var(d_t) / n_t) / 7`), which is far smaller than the
-    standard error of either average when the two models agree on most items. The same over the six tasks other
-    than BoolQ, whose accuracy on a small model follows its yes/no bias (`_boolq_bias`), is kept beside it.
-    """
+    """Item by item: `method` minus each baseline in `acc`, on the same items, pooled over the seeds both ran
+    (`optimum_hywia.evaluation.paired_difference`)."""
     paired = []
-    others = [i for i, task in enumerate(PAPER_TASKS) if task != "boolq"]
     for (ratio, layout, lora, other), ours, theirs, seeds in _pairs(groups, method):
-        means, variances, discordant = [], [], 0
-        for task in PAPER_TASKS:
-            differences = [
-                a - b
-                for seed in seeds
-                for a, b in zip(
-                    ours[seed]["zero_shot"][task]["items"]["acc"], theirs[seed]["zero_shot"][task]["items"]["acc"]
-                )
-            ]
-            means.append(statistics.fmean(differences))
-            variances.append(statistics.variance(differences) / len(differences))
-            discordant += sum(d != 0 for d in differences)
+        result = paired_difference((ours[seed]["zero_shot"], theirs[seed]["zero_shot"]) for seed in seeds)
+        result["average_acc_diff"] = result.pop("average_diff")
+        result["items_per_task"] = max(result["items_per_task"].values())
         paired.append(
             {
                 "ratio": ratio,
@@ -324,13 +308,7 @@ def _item_paired(groups: dict[tuple, list[dict[str, Any]]], method: str = "hywia
                 "lora": lora,
                 "baseline": other,
                 "seeds": seeds,
-                "items_per_task": len(differences),
-                "average_acc_diff": 100 * statistics.fmean(means),
-                "standard_error": 100 * math.sqrt(sum(variances)) / len(PAPER_TASKS),
-                "without_boolq_diff": 100 * statistics.fmean(means[i] for i in others),
-                "without_boolq_standard_error": 100 * math.sqrt(sum(variances[i] for i in others)) / len(others),
-                "per_task_diff": {task: 100 * mean for task, mean in zip(PAPER_TASKS, means)},
-                "discordant_items": discordant,
+                **result,
             }
         )
     return paired

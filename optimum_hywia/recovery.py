@@ -2,18 +2,14 @@
 result is a plain model) or all weights, on the LM loss or by distillation from the dense model.
 
 ```python
-from optimum_hywia.recovery import RecoveryConfig, recover
-
 model = recover(pruned_model, tokenizer, texts, RecoveryConfig(max_steps=200), output_dir="recovery-run")
 model = recover(pruned_model, tokenizer, texts, RecoveryConfig(objective="distillation"), teacher=dense_model)
 ```
 
-Works on uniform and per-layer pruned models alike (LoRA wraps each linear layer at whatever width it has). With an
-`output_dir`, Trainer writes a checkpoint there (`checkpoint-<step>`: safetensors weights, optimizer, scheduler and
-RNG state, `trainer_state.json` last) every `save_steps` steps, at the end, and when Ctrl-C stops a run; calling
-`recover` again with the same model, data, config, teacher and `output_dir` resumes from the newest complete one and
-ends with the same weights as an uninterrupted run. The run's fingerprint, kept in each checkpoint's trainer state,
-refuses to resume a different run; checkpoints a killed run left incomplete are deleted by the next run.
+With an `output_dir`, Trainer writes a checkpoint there (`checkpoint-<step>`, `trainer_state.json` last) every
+`save_steps` steps, at the end, and on Ctrl-C. Calling `recover` again with the same arguments resumes from the newest
+complete one to the weights of an uninterrupted run; a fingerprint kept in the trainer state refuses a different run,
+and checkpoints a killed run left incomplete are deleted.
 """
 
 from __future__ import annotations
@@ -38,11 +34,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from .architectures import GENERATIVE_AUTO_CLASSES, auto_class_for
+from .architectures import GENERATIVE_AUTO_CLASSES, auto_class_for, get_architecture
 from .data.training import DATA_FORMATS, IGNORE_INDEX, Collator, build_examples, load_records
 from .model_card import RECOVERY_LOG_NAME
 from .offload import execution_device
@@ -53,9 +50,17 @@ logger = logging.get_logger(__name__)
 LR_SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}  # ours: Trainer's
 METHODS = ("lora", "full")
 OBJECTIVES = ("lm", "distillation")
-TRAINER_STATE = "trainer_state.json"
-# fields that do not change what a run computes, so a resumed run may change them
-_RESUME_FREE_FIELDS = ("logging_steps", "save_steps")
+# RecoveryConfig's checks: integer fields with their minimum, number fields with their range, choices
+_POSITIVE = ("rank", "max_steps", "batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps")
+_MINIMA = {**dict.fromkeys(_POSITIVE, 1), "warmup_steps": 0, "seed": 0, "sequence_length": 2}
+_RANGES = {
+    **dict.fromkeys(("alpha", "learning_rate", "temperature"), ("a number > 0", lambda v: v > 0)),
+    **dict.fromkeys(("weight_decay", "max_grad_norm"), ("a number >= 0", lambda v: v >= 0)),
+    "dropout": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "distillation_weight": ("in [0, 1]", lambda v: 0 <= v <= 1),
+}
+_CHOICES = {"method": METHODS, "objective": OBJECTIVES, "data_format": DATA_FORMATS, "lr_scheduler": (*LR_SCHEDULERS,)}
+_RESUME_FREE_FIELDS = ("logging_steps", "save_steps")  # they do not change what a run computes
 
 
 @dataclass
@@ -117,50 +122,37 @@ class RecoveryConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.target_modules, str):
-            self.target_modules = (self.target_modules,)
         if self.target_modules is not None:
-            self.target_modules = tuple(self.target_modules)
+            targets = self.target_modules
+            self.target_modules = (targets,) if isinstance(targets, str) else tuple(targets)
         self.validate()
 
     def validate(self) -> None:
         """Raise a `ValueError` saying what to change for any field that is out of range."""
-        for name in ("rank", "max_steps", "batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps"):
-            _check_int(name, getattr(self, name), minimum=1)
-        _check_int("warmup_steps", self.warmup_steps, minimum=0)
-        _check_int("seed", self.seed, minimum=None)
-        _check_int("sequence_length", self.sequence_length, minimum=2)
-        for name in ("alpha", "learning_rate", "temperature"):
-            if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a number > 0, got {getattr(self, name)!r}.")
-        for name in ("weight_decay", "max_grad_norm"):
-            if not _is_number(getattr(self, name)) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be a number >= 0, got {getattr(self, name)!r}.")
-        if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}.")
-        if not _is_number(self.distillation_weight) or not 0 <= self.distillation_weight <= 1:
-            raise ValueError(f"distillation_weight must be in [0, 1], got {self.distillation_weight!r}.")
-        for name, choices in (
-            ("method", METHODS),
-            ("objective", OBJECTIVES),
-            ("data_format", DATA_FORMATS),
-            ("lr_scheduler", tuple(LR_SCHEDULERS)),
-        ):
+        for name, minimum in _MINIMA.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer, got {value!r}.")
+            if value < minimum:
+                raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+        for name, (rule, check) in _RANGES.items():
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not number or not check(value):
+                raise ValueError(f"{name} must be {rule}, got {value!r}.")
+        for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}.")
-        if self.target_modules is not None and (
-            not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules)
-        ):
+        targets = self.target_modules
+        if targets is not None and not (targets and all(isinstance(m, str) and m for m in targets)):
             raise ValueError(
                 f"target_modules must be a non-empty list of module names (e.g. ['q_proj', 'v_proj']) or None, "
-                f"got {self.target_modules!r}."
+                f"got {targets!r}."
             )
 
     def to_dict(self) -> dict[str, Any]:
-        result = dataclasses.asdict(self)
-        if result["target_modules"] is not None:
-            result["target_modules"] = list(result["target_modules"])
-        return result
+        targets = self.target_modules
+        return {**dataclasses.asdict(self), "target_modules": list(targets) if targets is not None else None}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> RecoveryConfig:
@@ -202,11 +194,8 @@ class RecoveryLog:
 
 def default_target_modules(model: PreTrainedModel) -> tuple[str, ...]:
     """The projection names (leaf module names) of the model family's mapping table."""
-    from .architectures import get_architecture
-
     spec = get_architecture(model.config)
-    names = [projection.path.rsplit(".", 1)[-1] for projection in (*spec.attention, *spec.mlp)]
-    return tuple(dict.fromkeys(names))
+    return tuple(dict.fromkeys(projection.path.rsplit(".", 1)[-1] for projection in (*spec.attention, *spec.mlp)))
 
 
 def recover(
@@ -220,48 +209,32 @@ def recover(
     show_progress: bool = True,
     callbacks: Sequence[TrainerCallback] = (),
 ) -> PreTrainedModel:
-    """Fine-tune `model` on `data` (LoRA merged back into its weights, or all weights) and return it (same object).
+    """Fine-tune `model` on `data` (LoRA merged back into its weights, or all weights) and return it (same object,
+    without adapters, its `hywia_recovery_log` set).
 
     Args:
-        model: a (pruned) causal LM; its weights are updated in place and the returned model has no adapters.
         tokenizer: tokenizes text data (not needed for token ids); its chat template renders `messages` records.
-        data: a list of strings; a list of records (dicts with `text`, or `messages`, or `instruction`
-            [+ `input`] + `output`, or `prompt` + `completion`/`response`); a `datasets.Dataset` of such columns; a
-            `.txt`, `.json`, `.jsonl`, `.csv` or `.parquet` file; or token ids (`[N, L]` rows or a 1-D stream).
-        config: a `RecoveryConfig` (defaults when `None`).
+        data: strings; records (dicts with `text`, `messages`, `instruction` [+ `input`] + `output`, or `prompt` +
+            `completion`/`response`); a `datasets.Dataset` of such columns; a `.txt`, `.json`, `.jsonl`, `.csv` or
+            `.parquet` file; or token ids (`[N, L]` rows or a 1-D stream).
         output_dir: Trainer's folder: checkpoints and `recovery_log.json`; a run with a checkpoint there is resumed.
             `None`: no checkpoints.
         teacher: the dense model, for `objective="distillation"` (same vocabulary); run in eval mode without
             gradients, on the student's device unless it is dispatched with a device map.
-        show_progress: show a progress bar with the running loss.
         callbacks: more `transformers.TrainerCallback`s for the run (e.g. evaluation at every checkpoint: `on_save`).
     """
     config = config or RecoveryConfig()
     if not isinstance(config, RecoveryConfig):
         raise TypeError(f"config must be a RecoveryConfig, got {type(config).__name__}.")
-    _check_causal_lm(model, "model")
-    if teacher is not None:
-        _check_causal_lm(teacher, "teacher")
-    if config.objective == "distillation":
-        if teacher is None:
-            raise ValueError(
-                "objective='distillation' needs the dense model as teacher: pass teacher= to recover() "
-                "(hywia recover: --teacher)."
-            )
-        sizes = [m.get_output_embeddings().weight.shape[0] for m in (model, teacher)]
-        if sizes[0] != sizes[1]:
-            raise ValueError(f"The teacher's vocabulary ({sizes[1]} tokens) differs from the model's ({sizes[0]}).")
-    elif teacher is not None:
-        logger.warning("HyWIA recovery: teacher is ignored with objective='lm'; pass objective='distillation'.")
-        teacher = None
-
+    teacher = _check_models(model, teacher, config.objective)
     start_time = time.perf_counter()
     examples, data_format = build_examples(data, tokenizer, config)
     target_modules = (config.target_modules or default_target_modules(model)) if config.method == "lora" else ()
     _check_targets(model, target_modules)
     fingerprint = _run_fingerprint(model, examples, config, target_modules, teacher)
     run_dir = Path(output_dir) if output_dir is not None else None
-    checkpoint, step = _resumable_checkpoint(run_dir, fingerprint) if run_dir is not None else (None, 0)
+    checkpoint, state = _resume_point(run_dir, fingerprint) if run_dir is not None else (None, None)
+    resumed_from = state.global_step if state is not None else 0
 
     set_seed(config.seed)
     was_training = model.training
@@ -269,41 +242,40 @@ def recover(
     num_trainable = sum(param.numel() for param in trained.parameters() if param.requires_grad)
     method = f"LoRA r={config.rank} alpha={config.alpha} on {list(target_modules)}" if target_modules else "all weights"
     logger.info(
-        f"HyWIA recovery: {method}, {num_trainable:,} trainable parameters, "
-        f"{len(examples)} {data_format} examples, {config.max_steps} steps, objective {config.objective}"
+        f"HyWIA recovery: {method}, {num_trainable:,} trainable parameters, {len(examples)} {data_format} examples, "
+        f"{config.max_steps} steps, objective {config.objective}"
     )
     if checkpoint is not None:
-        logger.info(f"HyWIA recovery: resuming from step {step} of {config.max_steps} ({checkpoint})")
+        logger.info(f"HyWIA recovery: resuming from step {resumed_from} of {config.max_steps} ({checkpoint})")
     interruption = _Interruption()
     with tempfile.TemporaryDirectory() if run_dir is None else nullcontext(str(run_dir)) as directory:
         trainer = RecoveryTrainer(
             model=trained,
             args=_training_arguments(config, directory, run_dir is not None, execution_device(model)),
             train_dataset=[{"input_ids": ids, "labels": labels} for ids, labels in examples],
-            data_collator=Collator(_pad_id(tokenizer, model)),
-            callbacks=[RunFingerprint(fingerprint), interruption, *callbacks],
+            data_collator=Collator(getattr(tokenizer, "pad_token_id", None) or 0),  # any id: padding is masked
+            callbacks=[RunFingerprint(fingerprint), interruption, _Progress(config.logging_steps, show_progress)],
             teacher=teacher,
             recovery_config=config,
         )
-        for callback in (PrinterCallback, ProgressCallback):  # they print every log: ours shows the loss
-            trainer.remove_callback(callback)
-        trainer.add_callback(_Progress(config, show_progress))
+        trainer.remove_callback(PrinterCallback)  # it prints every log (every step); _Progress shows the loss
+        for callback in callbacks:
+            trainer.add_callback(callback)
         try:
             with interruption.installed():
-                if checkpoint is not None and step >= config.max_steps:  # a finished run: reuse its weights
-                    trainer._load_from_checkpoint(str(checkpoint))
-                    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE))
+                if state is not None and state.global_step >= config.max_steps:  # a finished run: reuse its weights
+                    trainer._load_from_checkpoint(checkpoint)
+                    trainer.state = state
                 else:
-                    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+                    trainer.train(resume_from_checkpoint=checkpoint)
             if interruption.requested:
                 where = "; run again with the same output_dir to resume" if run_dir is not None else ""
                 logger.warning(f"HyWIA recovery interrupted at step {trainer.state.global_step}{where}.")
                 raise KeyboardInterrupt
         except BaseException:
-            _release(model, trained, config, was_training, merge=False)  # the caller's model, without adapters
+            _release(trained, config, was_training, merge=False)  # the caller's model, without adapters
             raise
-    losses = [float(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
-    model = _release(model, trained, config, was_training, merge=True)
+    model = _release(trained, config, was_training, merge=True)
     log = RecoveryLog(
         config=config.to_dict(),
         target_modules=list(target_modules),
@@ -311,8 +283,8 @@ def recover(
         num_examples=len(examples),
         data_format=data_format,
         steps=trainer.state.global_step,
-        losses=losses,
-        resumed_from_step=step,
+        losses=[float(entry["loss"]) for entry in trainer.state.log_history if "loss" in entry],
+        resumed_from_step=resumed_from,
         seconds=time.perf_counter() - start_time,
         teacher=(getattr(teacher, "name_or_path", None) or type(teacher).__name__) if teacher is not None else None,
     )
@@ -383,10 +355,9 @@ def save_recovered_model(
     """Save a recovered model as a HyWIA checkpoint like the one it came from, with an updated model card.
 
     The pruning files of `pruned_checkpoint` (`hywia_config.json`, `hywia_report.json`, and `modeling_hywia.py` for
-    per-layer layouts) are carried over, the recovery log is added, and the card keeps the base model and licence.
-    Its evaluation results are not carried over: they describe the model before recovery. The folder is written
-    next to its destination and moved into place at the end (`optimum_hywia.saving.atomic_directory`); an existing
-    non-empty one is replaced only with `overwrite=True`.
+    per-layer layouts) are carried over and the recovery log is added; the card keeps the base model and licence but
+    not the evaluation results (they describe the model before recovery). The folder is written next to its
+    destination and moved into place at the end; an existing non-empty one is replaced only with `overwrite=True`.
     """
     from .configuration import CONFIG_NAME
     from .model_card import REPORT_NAME, source_from_card, write_model_card
@@ -415,6 +386,7 @@ def save_recovered_model(
 
 
 def _training_arguments(config: RecoveryConfig, directory: str, save: bool, device: torch.device) -> Any:
+    checkpointing = config.gradient_checkpointing  # Trainer's also makes the embeddings' outputs require grads
     return TrainingArguments(
         output_dir=str(directory),
         max_steps=config.max_steps,
@@ -427,12 +399,13 @@ def _training_arguments(config: RecoveryConfig, directory: str, save: bool, devi
         max_grad_norm=config.max_grad_norm,
         optim="adamw_torch",
         logging_steps=1,  # every step's loss goes to the log
+        disable_tqdm=True,  # _Progress is the progress bar
         save_strategy="steps" if save else "no",
         save_steps=config.save_steps,
         save_total_limit=1,
         seed=config.seed,
-        activation_checkpointing=config.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
+        activation_checkpointing=checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
         use_cpu=device.type == "cpu",
         label_names=["labels"],
         remove_unused_columns=False,
@@ -454,23 +427,15 @@ def _add_lora(model: PreTrainedModel, config: RecoveryConfig, target_modules: Se
     )
     with warnings.catch_warnings():  # peft still calls transformers' deprecated `is_gradient_checkpointing`
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        peft_model = get_peft_model(model, lora)
-    if config.gradient_checkpointing:
-        peft_model.enable_input_require_grads()
-    return peft_model
+        return get_peft_model(model, lora)
 
 
-def _release(model, trained, config: RecoveryConfig, was_training: bool, merge: bool) -> PreTrainedModel:
-    """`model` without adapters (merged into its weights when `merge`) or checkpointing, in its former mode."""
-    if config.method == "lora":
-        model = trained.merge_and_unload() if merge else trained.unload()
-        for attribute in ("peft_config", "_hf_peft_config_loaded"):
-            if attribute in vars(model):
-                delattr(model, attribute)
+def _release(trained: Any, config: RecoveryConfig, was_training: bool, merge: bool) -> PreTrainedModel:
+    """The model without adapters (merged into its weights when `merge`) or checkpointing, in its former mode."""
+    model = (trained.merge_and_unload() if merge else trained.unload()) if config.method == "lora" else trained
     if config.gradient_checkpointing:
         model.activation_checkpointing_disable()
-    model.train(was_training)
-    return model
+    return model.train(was_training)
 
 
 class RunFingerprint(TrainerCallback, ExportableState):
@@ -486,44 +451,42 @@ class RunFingerprint(TrainerCallback, ExportableState):
 class _Progress(ProgressCallback):
     """Trainer's progress bar (when `show`) with the loss as its postfix, and a log line every `logging_steps`."""
 
-    def __init__(self, config: RecoveryConfig, show: bool):
+    def __init__(self, logging_steps: int, show: bool):
         super().__init__()
-        self.config, self.show = config, show
+        self.logging_steps, self.show = logging_steps, show
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.current_step = state.global_step
         self.training_bar = tqdm(
-            total=state.max_steps, initial=state.global_step, desc="Recovery", disable=not self.show
+            total=state.max_steps, initial=self.current_step, desc="Recovery", disable=not self.show
         )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs or "loss" not in logs:
-            return
-        self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}")
-        if state.global_step % self.config.logging_steps == 0 or state.global_step == state.max_steps:
-            step, lr = f"{state.global_step}/{state.max_steps}", logs.get("learning_rate", 0.0)
-            logger.info(f"HyWIA recovery: step {step} loss {logs['loss']:.4f} lr {lr:.2e}")
+        if logs and "loss" in logs:
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4f}")
+            if state.global_step % self.logging_steps == 0 or state.global_step == state.max_steps:
+                step, lr = f"{state.global_step}/{state.max_steps}", logs.get("learning_rate", 0.0)
+                logger.info(f"HyWIA recovery: step {step} loss {logs['loss']:.4f} lr {lr:.2e}")
 
 
 class _Interruption(TrainerCallback):
     """Ctrl-C during training ends the current optimizer step, saves a checkpoint and stops; a second one stops at
-    once (from the last saved checkpoint)."""
+    once. Only where SIGINT has Python's default handler (not in a background job that ignores it) and the main
+    thread trains."""
 
     requested = False
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        """Handle SIGINT while training, unless another thread runs this or SIGINT is not Python's default handler
-        (e.g. ignored in a background job)."""
         main = threading.current_thread() is threading.main_thread()
-        previous = signal.getsignal(signal.SIGINT) if main else None
-        if previous is signal.default_int_handler:
+        install = main and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        if install:
             signal.signal(signal.SIGINT, self._handle)
         try:
             yield
         finally:
-            if previous is signal.default_int_handler:
-                signal.signal(signal.SIGINT, previous)
+            if install:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
@@ -537,25 +500,31 @@ class _Interruption(TrainerCallback):
             control.should_save = args.save_strategy != "no"
 
 
-def _pad_id(tokenizer: Any, model: PreTrainedModel) -> int:
-    """The tokenizer's pad (else EOS) token, else the model config's; 0 without any (padding is masked anyway)."""
-    for source, name in ((tokenizer, "pad_token_id"), (tokenizer, "eos_token_id"), (model.config, "pad_token_id")):
-        candidate = getattr(source, name, None)
-        if isinstance(candidate, int):
-            return candidate
-    eos = getattr(model.config, "eos_token_id", None)
-    return eos if isinstance(eos, int) else eos[0] if isinstance(eos, list) and eos else 0
-
-
-def _check_causal_lm(model: Any, what: str) -> None:
-    if not isinstance(model, PreTrainedModel):
-        raise TypeError(f"{what} must be a transformers PreTrainedModel, got {type(model).__name__}.")
-    auto_class = auto_class_for(type(model).__name__, getattr(model.config, "auto_map", None), "AutoModelForCausalLM")
-    if auto_class not in GENERATIVE_AUTO_CLASSES:
+def _check_models(model: Any, teacher: Any, objective: str) -> PreTrainedModel | None:
+    """Both must be causal LMs with one vocabulary; returns the teacher where the objective uses one, else `None`."""
+    checked = {"model": model} if teacher is None else {"model": model, "teacher": teacher}
+    for what, candidate in checked.items():
+        if not isinstance(candidate, PreTrainedModel):
+            raise TypeError(f"{what} must be a transformers PreTrainedModel, got {type(candidate).__name__}.")
+        auto_map = getattr(candidate.config, "auto_map", None)
+        if auto_class_for(type(candidate).__name__, auto_map, "AutoModelForCausalLM") not in GENERATIVE_AUTO_CLASSES:
+            raise ValueError(
+                f"Recovery trains causal language models (…ForCausalLM); got {type(candidate).__name__} as {what}. "
+                "Load the checkpoint with AutoModelForCausalLM or optimum_hywia.load_pruned_model."
+            )
+    if objective == "lm":
+        if teacher is not None:
+            logger.warning("HyWIA recovery: teacher is ignored with objective='lm'; pass objective='distillation'.")
+        return None
+    if teacher is None:
         raise ValueError(
-            f"Recovery trains causal language models (…ForCausalLM); got {type(model).__name__} as {what}. Load the "
-            "checkpoint with AutoModelForCausalLM or optimum_hywia.load_pruned_model."
+            "objective='distillation' needs the dense model as teacher: pass teacher= to recover() "
+            "(hywia recover: --teacher)."
         )
+    sizes = [m.get_output_embeddings().weight.shape[0] for m in (model, teacher)]
+    if sizes[0] != sizes[1]:
+        raise ValueError(f"The teacher's vocabulary ({sizes[1]} tokens) differs from the model's ({sizes[0]}).")
+    return teacher
 
 
 def _check_targets(model: PreTrainedModel, target_modules: Sequence[str]) -> None:
@@ -563,8 +532,7 @@ def _check_targets(model: PreTrainedModel, target_modules: Sequence[str]) -> Non
     names = {
         name.rsplit(".", 1)[-1]
         for name, module in model.named_modules()
-        if name
-        and isinstance(getattr(module, "weight", None), torch.nn.Parameter)
+        if isinstance(getattr(module, "weight", None), torch.nn.Parameter)
         and module.weight.ndim == 2
         and not isinstance(module, torch.nn.Embedding)
     }
@@ -591,66 +559,42 @@ def _run_fingerprint(model, examples, config, target_modules, teacher) -> dict[s
 
     data = hashlib.sha256()
     for ids, labels in examples:
-        data.update(ids.numpy().tobytes())
-        data.update(labels.numpy().tobytes())
+        data.update(ids.numpy().tobytes() + labels.numpy().tobytes())
     settings = {k: v for k, v in config.to_dict().items() if k not in _RESUME_FREE_FIELDS}
-    settings["target_modules"] = list(target_modules)
-    shapes, values = weights(model)
-    result = {
-        "model_shapes": shapes,
-        "model_weights": values,
-        "data": data.hexdigest(),
-        "config": hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest(),
-    }
+    settings = json.dumps({**settings, "target_modules": list(target_modules)}, sort_keys=True)
+    result = dict(zip(("model_shapes", "model_weights"), weights(model)))
+    result.update(data=data.hexdigest(), config=hashlib.sha256(settings.encode()).hexdigest())
     if teacher is not None:
         result["teacher"] = hashlib.sha256("".join(weights(teacher)).encode()).hexdigest()
     return result
 
 
-def _resumable_checkpoint(run_dir: Path, fingerprint: dict[str, str]) -> tuple[Path | None, int]:
-    """The newest complete checkpoint of `run_dir` (Trainer writes `trainer_state.json` last) and its step.
+def _resume_point(run_dir: Path, fingerprint: dict[str, str]) -> tuple[str | None, TrainerState | None]:
+    """The newest checkpoint of `run_dir` with a complete trainer state (Trainer writes it last), and that state.
 
     It must hold this run's fingerprint. Every other `checkpoint-*` folder (one a kill left half-written, or an older
     one a kill spared from rotation) is deleted, so no leftover outlives the next run.
     """
-    complete = []
+    states = {}
     for folder in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
         try:
-            state = json.loads((folder / TRAINER_STATE).read_text())
-            complete.append((int(state["global_step"]), folder, state))
-        except (OSError, ValueError, KeyError, TypeError):
+            states[folder] = TrainerState.load_from_json(str(folder / TRAINER_STATE_NAME))
+        except (OSError, ValueError, TypeError):  # a kill left it incomplete
             continue
-    if not complete:
-        _remove_checkpoints(run_dir, keep=None)
-        return None, 0
-    step, folder, state = max(complete, key=lambda item: item[0])
-    saved = state.get("stateful_callbacks", {}).get(RunFingerprint.__name__, {}).get("args", {})
-    changed = [key for key, value in fingerprint.items() if saved.get("fingerprint", {}).get(key) != value]
-    if changed:
-        raise ValueError(
-            f"{folder} holds a recovery checkpoint of a different run (changed: {', '.join(changed)}); pass another "
-            f"output_dir, or delete {run_dir} to start over."
-        )
-    _remove_checkpoints(run_dir, keep=folder)
-    return folder, step
-
-
-def _remove_checkpoints(run_dir: Path, keep: Path | None) -> None:
+    newest = max(states, key=lambda folder: states[folder].global_step, default=None)
+    if newest is not None:
+        saved = states[newest].stateful_callbacks.get(RunFingerprint.__name__, {}).get("args", {})
+        changed = [key for key, value in fingerprint.items() if saved.get("fingerprint", {}).get(key) != value]
+        if changed:
+            raise ValueError(
+                f"{newest} holds a recovery checkpoint of a different run (changed: {', '.join(changed)}); pass "
+                f"another output_dir, or delete {run_dir} to start over."
+            )
     for folder in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        if folder != keep and folder.is_dir():
+        if folder != newest and folder.is_dir():
             logger.warning(f"HyWIA recovery: removing {folder}, left incomplete or superseded by an interrupted run.")
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _check_int(name: str, value: Any, minimum: int | None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{name} must be an integer, got {value!r}.")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return (str(newest), states[newest]) if newest is not None else (None, None)
 
 
 __all__ = [

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 
 import pytest
 
-from optimum_hywia.evaluation.zero_shot import PAPER_TASKS, evaluate_zero_shot, task_data_file, task_folder
+from optimum_hywia.evaluation.zero_shot import (
+    PAPER_TASKS,
+    evaluate_zero_shot,
+    paired_difference,
+    task_data_file,
+    task_folder,
+)
 
 
 def test_task_folder_points_lm_eval_definitions_at_local_data():
@@ -56,3 +64,32 @@ def test_dense_smollm2_scores_are_in_a_sane_range(smollm2):
     assert results["arc_easy"]["acc"] >= 0.4
     assert results["hellaswag"]["acc_norm"] >= 0.3
     assert 0.3 <= results["average"]["acc"] <= 0.7
+
+
+def _items(**per_task):
+    return {task: {"items": {"acc": items}} for task, items in per_task.items()}
+
+
+def test_paired_difference_matches_hand_computed_mean_and_standard_error():
+    ours = _items(boolq=[1, 1, 0, 1], piqa=[1, 0, 1, 1])
+    theirs = _items(boolq=[0, 1, 0, 0], piqa=[1, 1, 1, 0])
+    result = paired_difference([(ours, theirs)], tasks=["boolq", "piqa"])
+    d_boolq, d_piqa = [1, 0, 0, 1], [0, -1, 0, 1]
+    assert result["per_task_diff"] == {"boolq": 50.0, "piqa": 0.0}
+    assert result["average_diff"] == 25.0
+    expected = 100 * math.sqrt(statistics.variance(d_boolq) / 4 + statistics.variance(d_piqa) / 4) / 2
+    assert result["standard_error"] == pytest.approx(expected)
+    assert result["without_boolq_diff"] == 0.0
+    assert result["without_boolq_standard_error"] == pytest.approx(100 * math.sqrt(statistics.variance(d_piqa) / 4))
+    assert result["discordant_items"] == 4
+    assert result["items_per_task"] == {"boolq": 4, "piqa": 4}
+
+
+def test_paired_difference_pools_seeds_and_refuses_unpaired_items():
+    a, b = _items(piqa=[1, 0]), _items(piqa=[0, 0])
+    pooled = paired_difference([(a, b), (b, b)], tasks=["piqa"])
+    assert pooled["average_diff"] == 25.0 and pooled["items_per_task"] == {"piqa": 4}
+    with pytest.raises(ValueError, match="same limit"):
+        paired_difference([(a, _items(piqa=[1]))], tasks=["piqa"])
+    with pytest.raises(ValueError, match="at least one"):
+        paired_difference([], tasks=["piqa"])

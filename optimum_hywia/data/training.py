@@ -109,14 +109,9 @@ def _instruction_example(record: Any, tokenizer: Any, sequence_length: int) -> E
 
 def _pack(streams: list[torch.Tensor], sequence_length: int) -> list[Example]:
     """Consecutive `sequence_length` windows of each stream; a stream shorter than one window is used whole."""
-    examples = []
-    for stream in streams:
-        if len(stream) < sequence_length:
-            if len(stream) >= 2:
-                examples.append((stream, stream))
-            continue
-        for window in stream[: len(stream) // sequence_length * sequence_length].reshape(-1, sequence_length):
-            examples.append((window, window))
+    length = sequence_length
+    windows = [s.unfold(0, length, length) if len(s) >= length else s[None] for s in streams]  # remainders dropped
+    examples = [(window, window) for rows in windows for window in rows if len(window) >= 2]
     if not examples:
         raise ValueError("The recovery data yields no sequence of at least 2 tokens: pass more text or token ids.")
     return examples

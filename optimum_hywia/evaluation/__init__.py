@@ -2,6 +2,13 @@
 
 from .perplexity import evaluation_text, perplexity
 from .throughput import measure_throughput
-from .zero_shot import PAPER_TASKS, evaluate_zero_shot
+from .zero_shot import PAPER_TASKS, evaluate_zero_shot, paired_difference
 
-__all__ = ["PAPER_TASKS", "evaluate_zero_shot", "evaluation_text", "measure_throughput", "perplexity"]
+__all__ = [
+    "PAPER_TASKS",
+    "evaluate_zero_shot",
+    "evaluation_text",
+    "measure_throughput",
+    "paired_difference",
+    "perplexity",
+]

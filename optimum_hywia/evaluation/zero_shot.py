@@ -9,8 +9,10 @@ on the same items.
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Sequence
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +180,52 @@ def evaluate_zero_shot(
 def _max_length(model: torch.nn.Module) -> int:
     config = getattr(model, "config", None)
     return int(getattr(config, "max_position_embeddings", None) or 2048)
+
+
+def paired_difference(
+    pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]],
+    tasks: Sequence[str] = PAPER_TASKS,
+    metric: str = "acc",
+) -> dict[str, Any]:
+    """Item-by-item accuracy difference "ours − theirs", in points, from `evaluate_zero_shot(..., per_item=True)`
+    results scored on the same items (several pairs, e.g. one per seed, are pooled).
+
+    The difference of the task average is the mean over tasks of each task's mean item difference; its standard
+    error comes from the item differences (`sqrt(sum_t var(d_t) / n_t) / len(tasks)`), far smaller than either
+    average's own standard error when the two models agree on most items. The same without BoolQ (whose accuracy on
+    a small model mostly follows its yes/no bias) is reported beside it.
+    """
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("paired_difference needs at least one (ours, theirs) pair of per-item results.")
+    means, variances, counts, discordant = {}, {}, {}, 0
+    for task in tasks:
+        differences = []
+        for ours, theirs in pairs:
+            a, b = ours[task]["items"][metric], theirs[task]["items"][metric]
+            if len(a) != len(b):
+                raise ValueError(f"{task}: {len(a)} items against {len(b)}; score both models with the same limit.")
+            differences += [x - y for x, y in zip(a, b)]
+        means[task] = statistics.fmean(differences)
+        variances[task] = statistics.variance(differences) / len(differences) if len(differences) > 1 else 0.0
+        counts[task] = len(differences)
+        discordant += sum(d != 0 for d in differences)
+
+    def average(subset: list[str]) -> tuple[float, float]:
+        return (
+            100 * statistics.fmean(means[t] for t in subset),
+            100 * math.sqrt(sum(variances[t] for t in subset)) / len(subset),
+        )
+
+    without_boolq = [task for task in tasks if task != "boolq"] or list(tasks)
+    diff, error = average(list(tasks))
+    diff_nb, error_nb = average(without_boolq)
+    return {
+        "items_per_task": counts,
+        "average_diff": diff,
+        "standard_error": error,
+        "without_boolq_diff": diff_nb,
+        "without_boolq_standard_error": error_nb,
+        "per_task_diff": {task: 100 * means[task] for task in tasks},
+        "discordant_items": discordant,
+    }
