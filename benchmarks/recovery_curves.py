@@ -219,6 +219,36 @@ def report(args) -> None:
             ppl = "  ".join(f"{name} {value:8.2f}" for name, value in point["ppl"].items())
             cpu = f"{point['train_cpu_minutes']:6.2f} CPU min"
             print(f"  step {point['step']:4d}  tokens {point['tokens']:7d}  {cpu}  {ppl}")
+    records = [json.loads(path.read_text()) for path in sorted(results.glob("*-per_layer-*x*.json"))]
+    if records:
+        _plot(records, dense, ROOT / "docs" / "results_recovery.png")
+
+
+def _plot(records: list[dict[str, Any]], dense: dict[str, Any] | None, path: Path) -> None:
+    """Perplexity against training CPU minutes: one panel per ratio and text, one line per objective."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratios = sorted({record["ratio"] for record in records})
+    texts = list(records[0]["points"][0]["ppl"])
+    fig, axes = plt.subplots(len(ratios), len(texts), figsize=(6 * len(texts), 4 * len(ratios)), squeeze=False)
+    for row, ratio in zip(axes, ratios):
+        for axis, text in zip(row, texts):
+            for record in (r for r in records if r["ratio"] == ratio):
+                points = record["points"]
+                axis.plot([p["train_cpu_minutes"] for p in points], [p["ppl"][text] for p in points], marker="o",
+                          label=f"{record['objective']} (lr {record['recovery']['learning_rate']:g})")  # fmt: skip
+            if dense:
+                axis.axhline(dense["ppl"][text], linestyle="--", color="gray", label="dense")
+            axis.set_xlabel("training CPU minutes (2-core machine)")
+            axis.set_ylabel(f"{text} perplexity")
+            axis.set_title(f"SmolLM2-135M, HyWIA {ratio:.0%} per_layer, LoRA recovery")
+            axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot: {path}")
 
 
 def main() -> None:
@@ -237,7 +267,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--work", default=str(WORK), help="pruned models and Trainer checkpoints")
-    parser.add_argument("--report", action="store_true", help="print the cached curves")
+    parser.add_argument("--report", action="store_true", help="print the cached curves, plot docs/results_recovery.png")
     args = parser.parse_args()
     logging.set_verbosity_error()
     Path(args.results).mkdir(parents=True, exist_ok=True)
