@@ -36,6 +36,7 @@ class PruningReport:
     fusion_losses: list[float] = field(default_factory=list)
     fusion_ranking: dict[str, str] = field(default_factory=dict)  # kind: the estimate ranking groups inside slots
     ranking_losses: dict[str, dict[str, float]] = field(default_factory=dict)  # kind: candidate: hard-mask loss
+    ranking_batches: dict[str, dict[str, int]] = field(default_factory=dict)  # kind: candidate: batches measured
     # reconstruction="least_squares": relative output error of every refit projection on the calibration data
     reconstruction_errors: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -95,6 +96,7 @@ def build_report(
         fusion_losses=fusion.losses if fusion else [],
         fusion_ranking=fusion.ranking if fusion else {},
         ranking_losses=fusion.ranking_losses if fusion else {},
+        ranking_batches=fusion.ranking_batches if fusion else {},
     )
 
 

@@ -32,7 +32,7 @@ from optimum_hywia.distributed import distributed_world
 CASES = {cases!r}
 
 
-def prune(model, importance, layout, reconstruction="none", batch_size=4):
+def prune(model, importance, layout, reconstruction="none", batch_size=2):  # 8 batches: the ranking race runs
     config = HyWIAConfig(
         pruning_ratio=0.3, importance=importance, layout=layout, num_calibration_samples=16,
         calibration_sequence_length=32, calibration_batch_size=batch_size, fusion_steps=4, fusion_learning_rate=0.2,

@@ -20,7 +20,7 @@ from optimum_hywia.importance import (
     random_scores,
 )
 from optimum_hywia.importance.estimators import group_sum
-from optimum_hywia.importance.statistics import calibration_loss
+from optimum_hywia.importance.statistics import cached_teacher, calibration_loss
 from optimum_hywia.memory import CalibrationModel
 
 SPEC = get_architecture("llama")
@@ -339,6 +339,69 @@ def test_distillation_objective_is_the_kl_to_the_unmasked_model(options, token_b
         calibration_loss(model, batch, "distillation").backward()
     for key in soft:
         torch.testing.assert_close(soft[key].grad, reference[key].grad, rtol=1e-3, atol=1e-7)
+
+
+@pytest.mark.parametrize("max_bytes", [0, 2**30], ids=["hidden-states", "log-probs"])
+@pytest.mark.parametrize(
+    "options", [None, dict(micro_batch_size=3, gradient_checkpointing=True)], ids=["model", "micro3+checkpointing"]
+)
+def test_cached_teacher_gives_the_same_loss_and_gradient_and_runs_the_decoder_once_per_batch(
+    options, max_bytes, token_batch
+):
+    """Under `cached_teacher`, the distillation loss and its mask gradient are exactly those computed without the
+    cache, while the teacher's decoder runs once per distinct batch: later passes reuse its log-probabilities (within
+    the memory budget) or re-apply only the output head to its cached hidden states."""
+    model = make_trained_tiny_model().requires_grad_(False)
+    group_sets = build_group_sets(model, SPEC, range(4), KINDS)
+    runner = CalibrationModel(model, SPEC, **options) if options else model
+    generator = torch.Generator().manual_seed(0)
+    soft = {gs.key: torch.rand(gs.num_groups, generator=generator) for gs in group_sets}
+    batches = [token_batch[:4], token_batch[4:]]
+
+    def losses_and_gradients():
+        results = []
+        for batch in [*batches, *batches]:
+            masks = {key: value.clone().requires_grad_() for key, value in soft.items()}
+            with group_masks(group_sets, masks):
+                loss = calibration_loss(runner, batch, "distillation")
+            loss.backward()
+            results.append((loss.detach(), [masks[key].grad for key in sorted(masks)]))
+        return results
+
+    expected = losses_and_gradients()
+    decoder_calls = []
+    handle = model.model.register_forward_hook(lambda *args: decoder_calls.append(1))
+    try:
+        with cached_teacher(max_bytes) as cache:
+            cached = losses_and_gradients()
+    finally:
+        handle.remove()
+    for (loss, gradients), (reference_loss, reference_gradients) in zip(cached, expected):
+        assert torch.equal(loss, reference_loss)
+        for gradient, reference in zip(gradients, reference_gradients):
+            assert torch.equal(gradient, reference)
+    chunks = 2 if options else 1  # micro-batches of 3 rows; checkpointing recomputes the student in backward
+    students = 4 * chunks * (2 if options else 1)
+    teachers = 2 * chunks  # once per distinct (micro-)batch
+    assert len(decoder_calls) == students + teachers
+    assert {kind for kind, _ in cache.entries.values()} == {"log_probs" if max_bytes else "hidden"}
+
+
+def test_cached_teacher_recomputes_teachers_whose_logits_are_not_the_head_of_the_hidden_states(token_batch):
+    """Soft-capped logits (Gemma 2) are not the output head applied to the last hidden states: beyond the memory
+    budget the cache notices on the first batch and recomputes the teacher; within it, it keeps the log-probs."""
+    from test_families import make_family_model
+
+    model = make_family_model("gemma2")
+    assert model.config.final_logit_softcapping
+    with torch.no_grad():
+        expected = model(input_ids=token_batch).logits.float().log_softmax(-1)
+        for max_bytes, entries in ((0, set()), (2**30, {"log_probs"})):
+            with cached_teacher(max_bytes) as cache:
+                for _ in range(2):
+                    assert torch.equal(cache.teacher_log_probs(model, token_batch), expected)
+            assert {kind for kind, _ in cache.entries.values()} == entries
+            assert cache.exact == ({id(model): False} if not max_bytes else {})
 
 
 def test_fusion_objective_lm_and_distillation_train_different_blends(token_batch):

@@ -10,7 +10,7 @@ from optimum_hywia import HyWIAConfig, HyWIAPruner
 from optimum_hywia.allocation import plan_pruning, select_groups
 from optimum_hywia.architectures import get_architecture
 from optimum_hywia.groups import build_group_sets
-from optimum_hywia.importance import GradientStatistics, HybridFusion, gradient_scores, group_masks
+from optimum_hywia.importance import GradientStatistics, HybridFusion, gradient_scores, group_masks, ranking
 from optimum_hywia.importance.ranking import choose_rankings, rank_slots, ranked_by
 from optimum_hywia.importance.statistics import calibration_loss
 
@@ -90,6 +90,30 @@ def test_choose_rankings_takes_the_lowest_hard_mask_loss_and_never_a_reversed_ra
     measured = _hard_loss(model, group_sets, plan, choice.scores, batches)
     assert measured == pytest.approx(choice.losses["attention"][choice.chosen["attention"]], rel=1e-6)
     assert measured < _hard_loss(model, group_sets, plan, fused, batches)
+
+
+def test_the_race_drops_clearly_worse_candidates_early_and_chooses_as_the_full_evaluation(monkeypatch):
+    """With 16 one-window batches, a reversed ranking is dropped after a few batches while the winner sees them all;
+    the choice, and the loss of every candidate measured on all batches, are those of evaluating every candidate on
+    every batch."""
+    batches = list(torch.split(arithmetic_sequences(16, seed=1000), 1))
+    model, batches, group_sets, plan, estimates, fused = _setup("per_layer", make_trained_tiny_model(), batches)
+    candidates = {**estimates, "reversed": {key: -value for key, value in estimates["element1"].items()}}
+    raced = choose_rankings(model, batches, group_sets, plan, fused, candidates, "distillation", show_progress=False)
+    monkeypatch.setattr(ranking, "RACE_Z", 1e9)  # nothing is ever dropped
+    full = choose_rankings(model, batches, group_sets, plan, fused, candidates, "distillation", show_progress=False)
+    assert raced.chosen == full.chosen
+    for key, value in raced.scores.items():
+        assert torch.equal(value, full.scores[key])
+    for kind in KINDS:
+        assert full.batches[kind] == {name: 16 for name in ("fused", *candidates)}
+        assert raced.batches[kind][raced.chosen[kind]] == 16
+        for name, seen in raced.batches[kind].items():
+            if seen == 16:
+                assert raced.losses[kind][name] == pytest.approx(full.losses[kind][name], rel=1e-12)
+    # MLP groups hold the budget here: a reversed MLP ranking is far worse, dropped after the first batches
+    assert ranking.RACE_MIN_BATCHES <= raced.batches["mlp"]["reversed"] < 16
+    assert raced.losses["mlp"]["reversed"] > 2 * raced.losses["mlp"][raced.chosen["mlp"]]
 
 
 def _prune(ranking: str, token_batch):

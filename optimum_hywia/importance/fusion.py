@@ -95,6 +95,7 @@ class FusionResult:
     losses: list[float] = field(default_factory=list)
     ranking: dict[str, str] = field(default_factory=dict)  # group kind: estimate ranking inside slots (ranking.py)
     ranking_losses: dict[str, dict[str, float]] = field(default_factory=dict)
+    ranking_batches: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 class HybridFusion:

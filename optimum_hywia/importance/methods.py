@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from .activations import ActivationStatistics, activation_scores, fluctuation_scores
 from .estimators import gradient_scores, l2_scores, random_scores
 from .fusion import HybridFusion
 from .ranking import FUSED, choose_rankings, rank_slots
 from .registry import ImportanceMethod, ScoringContext
 from .slimgpt import SlimGPT
+from .statistics import cached_teacher
 
 
 class HyWIA(ImportanceMethod):
@@ -22,6 +25,7 @@ class HyWIA(ImportanceMethod):
 
     def score(self, context: ScoringContext):
         from ..distributed import RowShardedModel, distributed_world, summed_gradients
+        from ..memory import available_memory
 
         config = context.config
         statistics = context.gradient_statistics()
@@ -41,34 +45,37 @@ class HyWIA(ImportanceMethod):
         )
         runner = context.calibration_runner()
         trainer = RowShardedModel(runner) if distributed_world()[1] > 1 else runner
-        with summed_gradients(fusion.module):
-            result = fusion.train(
-                trainer,
-                context.batches,
-                config.fusion_steps,
-                config.fusion_learning_rate,
-                config.fusion_temperature,
-                context.progress,
-            )
-        context.seconds["fusion"] = time.perf_counter() - start
-        estimates = dict(zip((*config.fine_estimators, "vector"), (*fine, coarse)))
-        if config.fusion_ranking == "select":
-            start = time.perf_counter()
-            choice = choose_rankings(
-                trainer,
-                context.batches,
-                context.group_sets,
-                context.plan,
-                result.scores,
-                estimates,
-                config.fusion_objective,
-                context.progress,
-            )
-            result.scores, result.ranking, result.ranking_losses = choice.scores, choice.chosen, choice.losses
-            context.seconds["ranking"] = time.perf_counter() - start
-        elif config.fusion_ranking != FUSED:
-            result.ranking = {kind: config.fusion_ranking for kind in config.group_kinds}
-            result.scores = rank_slots(context.group_sets, result.scores, estimates, result.ranking)
+        # fusion and ranking compare masked models with one dense teacher: its outputs in up to a quarter of free RAM
+        with cached_teacher((available_memory(torch.device("cpu")) or 0) // 4):
+            with summed_gradients(fusion.module):
+                result = fusion.train(
+                    trainer,
+                    context.batches,
+                    config.fusion_steps,
+                    config.fusion_learning_rate,
+                    config.fusion_temperature,
+                    context.progress,
+                )
+            context.seconds["fusion"] = time.perf_counter() - start
+            estimates = dict(zip((*config.fine_estimators, "vector"), (*fine, coarse)))
+            if config.fusion_ranking == "select":
+                start = time.perf_counter()
+                choice = choose_rankings(
+                    trainer,
+                    context.batches,
+                    context.group_sets,
+                    context.plan,
+                    result.scores,
+                    estimates,
+                    config.fusion_objective,
+                    context.progress,
+                )
+                result.scores, result.ranking = choice.scores, choice.chosen
+                result.ranking_losses, result.ranking_batches = choice.losses, choice.batches
+                context.seconds["ranking"] = time.perf_counter() - start
+            elif config.fusion_ranking != FUSED:
+                result.ranking = {kind: config.fusion_ranking for kind in config.group_kinds}
+                result.scores = rank_slots(context.group_sets, result.scores, estimates, result.ranking)
         return result.scores, result
 
 

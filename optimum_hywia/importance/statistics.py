@@ -11,7 +11,8 @@ the sliced dimension and frees the gradient, so no full-size gradient or Fisher 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -136,6 +137,64 @@ def calibration_loss(model: torch.nn.Module, batch: torch.Tensor, objective: str
     return model(input_ids=batch, labels=batch, use_cache=False, objective=objective).loss
 
 
+class TeacherCache:
+    """The unmasked model's next-token log-probabilities per calibration batch, computed once, kept on the CPU.
+
+    Fusion training and the ranking choice compare many masked models with the same dense teacher on the same
+    batches. Up to `max_bytes` the cache keeps the teacher's log-probabilities; beyond it, the last hidden states
+    (the output head's input, `vocabulary / hidden size` times smaller), so that only the head is re-applied --
+    where the family's logits are that head's output (soft-capped logits are not: detected on the first batch, those
+    batches keep recomputing the teacher). Either way the values are exactly the uncached ones.
+    """
+
+    def __init__(self, max_bytes: int = 0) -> None:
+        self.max_bytes = max_bytes
+        self.used = 0
+        self.entries: dict[tuple, tuple[str, torch.Tensor]] = {}
+        self.exact: dict[int, bool] = {}
+
+    def teacher_log_probs(self, model: PreTrainedModel, batch: torch.Tensor) -> torch.Tensor:
+        """`log_softmax` of the unmasked `model`'s logits on `batch` (call with `group_masks` suspended)."""
+        device_type = batch.device.type
+        dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+        key = (id(model), str(dtype), tuple(batch.shape), batch.cpu().numpy().tobytes())
+        head = model.get_output_embeddings()
+        if key in self.entries:
+            kind, value = self.entries[key]
+            value = value.to(batch.device)
+            return value if kind == "log_probs" else head(value).float().log_softmax(-1)
+        captured = []
+        handle = head.register_forward_pre_hook(lambda module, args: captured.append(args[0])) if head else None
+        try:
+            log_probs = model(input_ids=batch, use_cache=False).logits.float().log_softmax(-1)
+        finally:
+            if handle is not None:
+                handle.remove()
+        if self.used + log_probs.nbytes <= self.max_bytes:
+            self.entries[key] = ("log_probs", log_probs.cpu())
+            self.used += log_probs.nbytes
+        elif head is not None and len(captured) == 1:
+            if id(model) not in self.exact:
+                self.exact[id(model)] = torch.equal(head(captured[0]).float().log_softmax(-1), log_probs)
+            if self.exact[id(model)]:
+                self.entries[key] = ("hidden", captured[0].detach().cpu())
+        return log_probs
+
+
+_teacher_cache: list[TeacherCache] = []
+
+
+@contextmanager
+def cached_teacher(max_bytes: int = 0) -> Iterator[TeacherCache]:
+    """Within the block, `distillation_loss` computes the dense teacher once per distinct batch (`TeacherCache`)."""
+    cache = TeacherCache(max_bytes)
+    _teacher_cache.append(cache)
+    try:
+        yield cache
+    finally:
+        _teacher_cache.remove(cache)
+
+
 def distillation_loss(model: PreTrainedModel, batch: torch.Tensor) -> torch.Tensor:
     """`KL(p_dense || p_masked)` of the next-token distributions, summed over the vocabulary, averaged over tokens.
 
@@ -143,7 +202,10 @@ def distillation_loss(model: PreTrainedModel, batch: torch.Tensor) -> torch.Tens
     Its gradient at the dense model is zero, so it serves the fusion training only, never the gradient statistics.
     """
     with torch.no_grad(), masks_suspended():
-        teacher = model(input_ids=batch, use_cache=False).logits.float().log_softmax(-1)
+        if _teacher_cache:
+            teacher = _teacher_cache[-1].teacher_log_probs(model, batch)
+        else:
+            teacher = model(input_ids=batch, use_cache=False).logits.float().log_softmax(-1)
     student = model(input_ids=batch, use_cache=False).logits.float().log_softmax(-1)
     return torch.nn.functional.kl_div(student, teacher, reduction="none", log_target=True).sum(-1).mean()
 
