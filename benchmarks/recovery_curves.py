@@ -220,8 +220,27 @@ def report(args) -> None:
             cpu = f"{point['train_cpu_minutes']:6.2f} CPU min"
             print(f"  step {point['step']:4d}  tokens {point['tokens']:7d}  {cpu}  {ppl}")
     records = [json.loads(path.read_text()) for path in sorted(results.glob("*-per_layer-*x*.json"))]
+    for ratio in sorted({record["ratio"] for record in records}):
+        same = [record for record in records if record["ratio"] == ratio and len(record["points"]) > 1]
+        if len(same) < 2:
+            continue
+        budget = min(record["points"][-1]["train_cpu_minutes"] for record in same)
+        print(f"ratio {ratio:g}, equal training CPU time ({budget:.2f} min, linear between checkpoints):")
+        for record in same:
+            ppl = "  ".join(f"{name} {value:8.2f}" for name, value in at_cpu_minutes(record["points"], budget).items())
+            print(f"  {record['objective']:<13} {ppl}")
     if records:
         _plot(records, dense, ROOT / "docs" / "results_recovery.png")
+
+
+def at_cpu_minutes(points: list[dict[str, Any]], minutes: float) -> dict[str, float]:
+    """Each text's perplexity after `minutes` of training CPU time, interpolated linearly between checkpoints."""
+    for before, after in zip(points, points[1:]):
+        if after["train_cpu_minutes"] >= minutes:
+            span = after["train_cpu_minutes"] - before["train_cpu_minutes"]
+            weight = (minutes - before["train_cpu_minutes"]) / span if span else 1.0
+            return {name: (1 - weight) * before["ppl"][name] + weight * after["ppl"][name] for name in before["ppl"]}
+    return dict(points[-1]["ppl"])
 
 
 def _plot(records: list[dict[str, Any]], dense: dict[str, Any] | None, path: Path) -> None:
