@@ -41,6 +41,7 @@ from optimum_hywia.modeling import load_pruned_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "compensation"
+MODELS = cache_root() / "benchmarks" / "compensation"  # the saved pruned models (outside the repository)
 TEXTS = ("wikipedia", "novels", "news")
 BEGIN, END = "<!-- table: benchmarks/compensation.py --report -->", "<!-- end of table -->"
 
@@ -341,7 +342,7 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--results", default=str(RESULTS))
-    parser.add_argument("--models", default=str(cache_root() / "benchmarks" / "compensation"), help="saved models")
+    parser.add_argument("--models", default=str(MODELS), help="saved models")
     parser.add_argument("--accuracy-limit", type=int, default=0, help="zero-shot items per task (0: none)")
     parser.add_argument("--batch-size", type=int, default=16, help="lm-eval batch size")
     parser.add_argument("--report", action="store_true")

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-from compensation import evaluation_texts
+from compensation import MODELS, evaluation_texts
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging
 
@@ -35,7 +35,6 @@ from optimum_hywia.allocation import plan_pruning, select_groups
 from optimum_hywia.architectures import get_architecture
 from optimum_hywia.compensation import remove_and_compensate
 from optimum_hywia.data import lambada_texts, wikipedia_texts
-from optimum_hywia.data.assets import cache_root
 from optimum_hywia.data.models import SMOLLM2_HUB_ID, model_source
 from optimum_hywia.data.text_sources import HELDOUT_LAMBADA, calibration_mix, news_texts
 from optimum_hywia.evaluation import perplexity
@@ -50,7 +49,6 @@ from optimum_hywia.scoring import calibration_batches
 from optimum_hywia.surgery import layer_widths, rewrite_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MODELS = cache_root() / "benchmarks" / "compensation"  # where benchmarks/compensation.py saves its models
 
 
 @torch.no_grad()
@@ -134,12 +132,13 @@ def main() -> None:
         teacher = [dense(input_ids=batch, use_cache=False).logits.log_softmax(-1).bfloat16() for batch in batches]
     if args.saved:
         saved = results.setdefault("saved_runs", {})
+        development = development_texts(tokenizer, args.eval_windows)
         for method in args.saved:
             key = f"{method}-least_squares-per_layer-r{args.ratio:g}-s{args.seed}-mix128x128"
             record = json.loads((RESULTS / "compensation" / f"{key}.json").read_text())
             model = load_pruned_model(MODELS / key).eval()
             saved[key] = {**calibration_objectives(model, teacher, batches), "ppl": record["ppl"]}
-            saved[key]["development_ppl"] = development_ppl(model, development_texts(tokenizer, args.eval_windows))
+            saved[key]["development_ppl"] = development_ppl(model, development)
             output.write_text(json.dumps(results, indent=1) + "\n")
             print(f"{key}: {saved[key]}", flush=True)
         return
