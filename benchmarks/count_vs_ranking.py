@@ -33,7 +33,7 @@ from optimum_hywia.groups import build_group_sets, decoder_layers
 from optimum_hywia.importance.estimators import gradient_scores
 from optimum_hywia.importance.fusion import HybridFusion
 from optimum_hywia.importance.masking import group_masks
-from optimum_hywia.importance.ranking import choose_rankings, rank_slots
+from optimum_hywia.importance.ranking import choose_rankings, hard_masks, rank_slots
 from optimum_hywia.importance.statistics import GradientStatistics
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -56,10 +56,7 @@ class Masked(nn.Module):
     def __init__(self, model: nn.Module, group_sets, kept: dict):
         super().__init__()
         self.model, self.group_sets = model, group_sets
-        self.masks = {}
-        for group_set in group_sets:
-            self.masks[group_set.key] = torch.zeros(group_set.num_groups)
-            self.masks[group_set.key][kept[group_set.key]] = 1.0
+        self.masks = hard_masks(group_sets, kept)
 
     def forward(self, **kwargs):
         with group_masks(self.group_sets, self.masks):

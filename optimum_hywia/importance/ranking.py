@@ -66,7 +66,8 @@ def rank_slots(
     return scores
 
 
-def _hard_masks(group_sets: list[GroupSet], kept: dict[Key, torch.Tensor]) -> dict[Key, torch.Tensor]:
+def hard_masks(group_sets: list[GroupSet], kept: dict[Key, torch.Tensor]) -> dict[Key, torch.Tensor]:
+    """Group masks that keep exactly the groups of `kept` (1) and remove the others (0): physical removal's output."""
     masks = {}
     for group_set in group_sets:
         masks[group_set.key] = torch.zeros(group_set.num_groups)
@@ -128,13 +129,13 @@ def choose_rankings(
             for name in candidates:
                 kept = select_groups(rank_slots(group_sets, fused, estimates, {**chosen, kind: name}), group_sets, plan)
                 selections[name] = tuple(tuple(kept[gs.key].tolist()) for gs in group_sets)
-                masks[selections[name]] = kept
+                masks[selections[name]] = hard_masks(group_sets, kept)
             alive = list(dict.fromkeys(selections.values()))
             for index in range(len(batches)):
                 for selection in alive:
                     history = measured.setdefault(selection, [])
                     while len(history) <= index:
-                        with group_masks(group_sets, _hard_masks(group_sets, masks[selection])):
+                        with group_masks(group_sets, masks[selection]):
                             loss = calibration_loss(model, batches[len(history)].to(device), objective)
                         check_finite(loss, "hard-mask calibration loss")
                         history.append(float(loss))
