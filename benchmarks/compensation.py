@@ -6,6 +6,10 @@ from the second half of the dump) or `novels` (LAMBADA passages only). Evaluatio
 of three texts no calibration text overlaps: Wikipedia (the first articles of the gensim dump), novels (the last
 `HELDOUT_LAMBADA` LAMBADA passages) and news (the Lee corpus, a domain absent from calibration).
 
+A method `hywia+element2` is HyWIA with the compensated choice between its selection and element2's own
+(`selection_candidates`, the default since it was built); plain `hywia` runs without the choice
+(`selection_candidates=()`, as every HyWIA run before it).
+
 Each run is cached as one JSON file under `--results`, so the matrix can be run (and killed) in pieces:
 
     .venv/bin/python benchmarks/compensation.py --ratios 0.5 0.2 --runs dense element1:none element1:least_squares \
@@ -84,11 +88,13 @@ def run_one(args, dense, tokenizer, method: str, reconstruction: str, ratio: flo
     }
     start = time.perf_counter()
     if method != "dense":
+        importance, _, candidates = method.partition("+")  # "hywia+element2": HyWIA with the compensated choice
         config = HyWIAConfig(
             pruning_ratio=ratio,
             layout=layout,
             seed=seed,
-            importance=method,
+            importance=importance,
+            selection_candidates=tuple(candidates.split("+")) if candidates else (),
             reconstruction=reconstruction,
             num_calibration_samples=args.samples,
             calibration_sequence_length=args.sequence_length,
@@ -101,6 +107,8 @@ def run_one(args, dense, tokenizer, method: str, reconstruction: str, ratio: flo
             achieved_ratio=pruner.report.achieved_ratio,
             layer_widths=[layer["after"] for layer in pruner.report.layers],
             seconds=pruner.report.seconds,
+            selection=pruner.report.selection,
+            selection_losses=pruner.report.selection_losses,
             reconstruction_error=(
                 statistics.mean(pruner.report.reconstruction_errors.values())
                 if pruner.report.reconstruction_errors

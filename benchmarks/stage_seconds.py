@@ -55,7 +55,11 @@ def main() -> None:
     stages = {key: round(value) for key, value in report.seconds.items()}
     print("seconds", stages, "wall", round(wall), "cpu", round(cpu))
     print("ranking batches", report.ranking_batches)
-    key = f"{args.method}-least_squares-per_layer-r0.2-s{args.seed}-mix128x128"
+    print("selection", report.selection, report.selection_losses)
+    method = args.method  # the shipped HyWIA (with the compensated choice) is `hywia+element2` in compensation.py
+    if method == "hywia" and config.selection_candidates:
+        method += "".join(f"+{name}" for name in config.selection_candidates)
+    key = f"{method}-least_squares-per_layer-r0.2-s{args.seed}-mix128x128"
     saved = cache_root() / "benchmarks" / "compensation" / key / "hywia_report.json"
     if saved.exists():
         print("same kept groups as the saved run:", report.kept_groups == json.loads(saved.read_text())["kept_groups"])

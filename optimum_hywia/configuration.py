@@ -15,6 +15,7 @@ CONFIG_NAME = "hywia_config.json"
 FINE_ESTIMATORS = ("element1", "element2")
 FUSION_OBJECTIVES = ("distillation", "lm")
 FUSION_RANKINGS = ("select", "fused", "element1", "element2", "vector")
+SELECTION_CANDIDATES = ("element2",)  # docs/method.md §7b: element1's selection never won the compensated choice
 GROUP_KINDS = ("attention", "mlp")
 LAYOUTS = ("uniform", "per_layer")
 AUTOCAST_DTYPES = ("bfloat16",)
@@ -92,6 +93,13 @@ class HyWIAConfig:
         reconstruction_bias: let compensation fit a bias where the projection has none but the family's config can
             switch one on (Llama's `attention_bias` / `mlp_bias`; docs/architectures.md); the checkpoint then carries
             zero biases on the other projections of that kind and still loads with the family's class.
+        selection_candidates: single estimates (`element1`, `element2`, `vector`) whose own selection -- their
+            per-layer counts and ranking over the same plan -- HyWIA weighs against its own once compensation is on:
+            each candidate is removed and compensated, and the one whose compensated model is closest to the dense
+            model (KL of the next-token distributions) on held-out windows of the calibration text, four times as
+            long as calibration's and sharing no token with them, is kept (`optimum_hywia.selection`;
+            `PruningReport.selection`). Costs one compensation pass per candidate and one copy of the model while it
+            runs; `()` keeps HyWIA's selection without the choice.
     """
 
     pruning_ratio: float = 0.2
@@ -120,12 +128,16 @@ class HyWIAConfig:
     reconstruction: str | None = None
     reconstruction_ridge: float = 0.01
     reconstruction_bias: bool = True
+    selection_candidates: tuple[str, ...] = SELECTION_CANDIDATES
     optimum_hywia_version: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         self.group_kinds = _as_tuple("group_kinds", self.group_kinds, 'e.g. ["attention", "mlp"]', names=True)
         self.fine_estimators = _as_tuple(
             "fine_estimators", self.fine_estimators, 'e.g. ["element1", "element2"]', names=True
+        )
+        self.selection_candidates = _as_tuple(
+            "selection_candidates", self.selection_candidates, 'e.g. ["element2"], or [] for none', names=True
         )
         self.fusion_temperature = _as_tuple("fusion_temperature", self.fusion_temperature, "e.g. [1.0, 0.05]")
         if self.layer_range is not None:
@@ -156,6 +168,8 @@ class HyWIAConfig:
                 f"fine_estimators (now {list(self.fine_estimators)}), or use 'select' or 'fused'."
             )
         _check_subset("group_kinds", self.group_kinds, GROUP_KINDS)
+        if self.selection_candidates:
+            _check_subset("selection_candidates", self.selection_candidates, (*FINE_ESTIMATORS, "vector"))
         for name in ("fusion_steps",):
             _check_number(name, getattr(self, name), int)
             if getattr(self, name) < 0:

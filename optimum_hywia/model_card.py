@@ -192,6 +192,13 @@ def _title_section(name: str, report: dict, source: ModelSource, per_layer: bool
         f"layout `{report['layout']}`: {layout}). Pruned heads and channels are removed physically, so the model is "
         f"smaller and faster, not masked."
         + (
+            f" The groups removed are those `{report['selection']}` selects: compensated, its selection stayed closer "
+            f"to the dense model on held-out calibration text than `{report['importance']}`'s own (`selection` in "
+            "`hywia_report.json`)."
+            if report.get("selection") and report["selection"] != report["importance"]
+            else ""
+        )
+        + (
             "\n\nThe pruned widths are more than a vanilla config can describe: the checkpoint ships a small fixed "
             "modeling file (`modeling_hywia.py`), see *How to load*."
             if per_layer

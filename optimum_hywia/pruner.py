@@ -2,6 +2,7 @@
 
 - load: `loading` (model, tokenizer, checks)      - score: `scoring` + the `importance` registry
 - allocate: `allocation` (budget, selection)      - remove: `surgery` (slicing, config, cached widths)
+- compensate: `compensation` (refit), `selection` (the compensated choice between whole selections)
 - save: `saving` (atomic folders), `report`, `model_card`
 """
 
@@ -20,7 +21,7 @@ from transformers.utils import logging
 
 from .allocation import plan_pruning, select_groups
 from .architectures import ArchitectureSpec, get_architecture
-from .compensation import check_reconstruction, remove_and_compensate
+from .compensation import check_reconstruction
 from .configuration import HyWIAConfig
 from .distributed import broadcast_kept_groups
 from .groups import build_group_sets, decoder_layers
@@ -35,7 +36,8 @@ from .offload import (
 )
 from .report import PruningReport, build_report, count_parameters
 from .saving import atomic_directory, check_destination
-from .scoring import calibration_batches, score_groups
+from .scoring import calibration_batches, held_out_batches, score_groups
+from .selection import compensate_best_selection
 from .surgery import layer_widths, remove_groups, restore_auto_map, rewrite_config
 
 logger = logging.get_logger(__name__)
@@ -135,16 +137,24 @@ class HyWIAPruner:
         )
         drop_restored_weights(model)
         kept = broadcast_kept_groups(select_groups(scores, group_sets, plan))
+        candidates = {config.importance: kept}
+        for name, alternative in fusion.alternatives.items() if fusion else ():
+            candidates[name] = broadcast_kept_groups(select_groups(alternative, group_sets, plan))
 
         surgery_start = time.perf_counter()
+        choice = None
         try:
             errors: dict[str, float] = {}
             if config.reconstruction == "none":
                 remove_groups(group_sets, kept)
             else:
-                errors = remove_and_compensate(
-                    model, spec, config, group_sets, kept, batches, widths_before, show_progress
+                held_out = []  # fresh windows of the calibration text judge the choice between selections
+                if len(candidates) > 1:
+                    held_out = held_out_batches(model, config, self.tokenizer, calibration_data)
+                choice = compensate_best_selection(
+                    model, spec, config, group_sets, candidates, batches, widths_before, show_progress, held_out
                 )
+                kept, errors = choice.kept, choice.errors
             vanilla = rewrite_config(model, spec, widths_before)
         except Exception as error:
             self._surgery_failed = True
@@ -160,6 +170,8 @@ class HyWIAPruner:
         self.report.seconds = seconds
         self.report.source_model = self.source.base_model or self.report.source_model  # Hub id when known
         self.report.reconstruction_errors = errors
+        if choice is not None and len(candidates) > 1:
+            self.report.selection, self.report.selection_losses = choice.chosen, choice.losses
         logger.info(
             f"HyWIA: {params_before:,} -> {self.report.params_after:,} parameters "
             f"({self.report.achieved_ratio:.1%} of decoder-layer parameters removed)"

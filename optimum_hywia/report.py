@@ -39,6 +39,10 @@ class PruningReport:
     ranking_batches: dict[str, dict[str, int]] = field(default_factory=dict)  # kind: candidate: batches measured
     # reconstruction="least_squares": relative output error of every refit projection on the calibration data
     reconstruction_errors: dict[str, float] = field(default_factory=dict)
+    # the compensated choice between whole selections (selection.py): the kept one and each candidate's
+    # compensated calibration KL; empty when there was no choice
+    selection: str = ""
+    selection_losses: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_json_string(self) -> str:

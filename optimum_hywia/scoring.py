@@ -6,10 +6,14 @@ from typing import Any
 
 import torch
 
-from .data import prepare_calibration_data
+from .data import held_out_windows, prepare_calibration_data
 from .groups import GroupSet
 from .importance.fusion import FusionResult
 from .importance.registry import Scores, ScoringContext, get_importance, importance_names
+
+# held-out windows are this many calibration windows long: a selection fitted on short windows can lose at longer
+# context, which calibration-length windows do not show (docs/method.md §7b)
+HELD_OUT_LENGTH = 4
 
 
 def calibration_batches(model: Any, config: Any, tokenizer: Any, calibration_data: Any) -> list[torch.Tensor] | None:
@@ -29,15 +33,29 @@ def calibration_batches(model: Any, config: Any, tokenizer: Any, calibration_dat
             f"{' and '.join(needed_by)} {verb} calibration_data (a list of strings, a datasets.Dataset, a text file "
             f"or token ids); only {without} prune without it, with reconstruction='none'."
         )
-    samples = prepare_calibration_data(
-        calibration_data,
-        tokenizer,
-        num_samples=config.num_calibration_samples,
-        sequence_length=config.calibration_sequence_length,
-        seed=config.seed,
-        vocab_size=model.get_input_embeddings().num_embeddings,
-    )
+    samples = prepare_calibration_data(calibration_data, tokenizer, **_window_arguments(model, config))
     return list(torch.split(samples, config.calibration_batch_size))
+
+
+def held_out_batches(model: Any, config: Any, tokenizer: Any, calibration_data: Any) -> list[torch.Tensor]:
+    """Windows of the calibration data that share no token with the calibration windows, each `HELD_OUT_LENGTH`
+    calibration windows long, as many tokens as calibration in all (`data.held_out_windows`), in batches of
+    calibration's token count per batch; empty when the data has none to spare."""
+    samples = held_out_windows(
+        calibration_data, tokenizer, **_window_arguments(model, config), length_multiple=HELD_OUT_LENGTH
+    )
+    if not len(samples):
+        return []
+    return list(torch.split(samples, max(config.calibration_batch_size // HELD_OUT_LENGTH, 1)))
+
+
+def _window_arguments(model: Any, config: Any) -> dict[str, Any]:
+    return {
+        "num_samples": config.num_calibration_samples,
+        "sequence_length": config.calibration_sequence_length,
+        "seed": config.seed,
+        "vocab_size": model.get_input_embeddings().num_embeddings,
+    }
 
 
 def score_groups(

@@ -261,6 +261,19 @@ def test_pruning_ratio_flag_mirrors_the_config_field_and_ratio_stays_an_alias(wo
     assert json.loads((tmp_path / "out" / "hywia_config.json").read_text())["pruning_ratio"] == 0.3
 
 
+def test_selection_candidates_flag_sets_the_config_field_and_an_empty_list_turns_the_choice_off():
+    from optimum_hywia.commands.main import build_parser
+    from optimum_hywia.commands.runners import _hywia_config
+    from optimum_hywia.configuration import HyWIAConfig
+
+    def config(*flags):
+        return _hywia_config(build_parser().parse_args(["prune", "model", "-o", "out", *flags]), HyWIAConfig)
+
+    assert config().selection_candidates == ("element2",)
+    assert config("--selection-candidates", "element1", "element2").selection_candidates == ("element1", "element2")
+    assert config("--selection-candidates").selection_candidates == ()
+
+
 def test_a_checkpoint_without_tokenizer_gets_a_one_line_error_naming_the_fixes(workspace, tmp_path, capsys):
     from optimum_hywia.commands.main import main
 

@@ -9,7 +9,14 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from optimum_hywia.data import assets, lambada_texts, prepare_calibration_data, smollm2_gguf, wikipedia_texts
+from optimum_hywia.data import (
+    assets,
+    held_out_windows,
+    lambada_texts,
+    prepare_calibration_data,
+    smollm2_gguf,
+    wikipedia_texts,
+)
 from optimum_hywia.data.text_sources import clean_wikitext
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hex every jovial bystander".split()
@@ -69,6 +76,24 @@ def test_text_file_dataset_and_token_inputs(tokenizer, tmp_path):
     assert prepare_calibration_data([[1, 2, 3, 4], torch.arange(8)], num_samples=5, sequence_length=4).shape == (3, 4)
     tokenized = Dataset.from_dict({"input_ids": [list(range(12)), list(range(20, 28))]})
     assert prepare_calibration_data(tokenized, num_samples=5, sequence_length=4).tolist()[-1] == [24, 25, 26, 27]
+
+
+def test_held_out_windows_share_no_token_with_calibration_and_stay_inside_one_stream():
+    ids = torch.arange(3, 803)  # one stream: 80 distinct windows of 10 tokens
+    for seed in (0, 1):
+        calibration = prepare_calibration_data(ids, num_samples=12, sequence_length=10, seed=seed)
+        for multiple in (1, 4):
+            held_out = held_out_windows(ids, num_samples=12, sequence_length=10, seed=seed, length_multiple=multiple)
+            assert held_out.shape == (12 // multiple, 10 * multiple)  # as many tokens as calibration by default
+            assert not set(held_out.flatten().tolist()) & set(calibration.flatten().tolist())
+            assert all(row.tolist() == list(range(row[0], row[0] + 10 * multiple)) for row in held_out)  # contiguous
+        again = held_out_windows(ids, num_samples=12, sequence_length=10, seed=seed, length_multiple=4, count=100)
+        assert 0 < len(again) <= 17 and len(again) > 3
+    rows = ids[:400].view(10, 40)  # ten streams of 4 windows each: blocks never cross a stream
+    blocks = held_out_windows(rows, num_samples=2, sequence_length=10, length_multiple=4, count=100)
+    assert all(row.tolist() == list(range(row[0], row[0] + 40)) and (row[0] - 3) % 40 == 0 for row in blocks)
+    assert held_out_windows(ids, num_samples=80, sequence_length=10).shape == (0, 10)  # none to spare
+    assert held_out_windows(ids.view(8, 100), length_multiple=4).shape == (0, 400)  # rows given as the samples
 
 
 def test_too_few_windows_are_all_used_with_a_warning(tokenizer, caplog):

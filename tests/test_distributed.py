@@ -19,6 +19,8 @@ CASES = [
     # compensation: each rank propagates its share of the batches; the input statistics are all-reduced
     ("element1", "per_layer", "least_squares"),
     ("slimgpt", "uniform", "least_squares"),
+    # the compensated choice between HyWIA's selection and element2's: each candidate's KL all-reduced
+    ("hywia", "per_layer", "least_squares"),
 ]
 
 SCRIPT = """
@@ -42,7 +44,10 @@ def prune(model, importance, layout, reconstruction="none", batch_size=2):  # 8 
     pruner.prune(arithmetic_sequences(16, seed=7), show_progress=False)
     refit = [name for name in model.state_dict() if "o_proj" in name or "down_proj" in name]
     weights = {{name: model.state_dict()[name].flatten().tolist() for name in refit}}
-    return {{"kept": pruner.report.kept_groups, "losses": pruner.report.fusion_losses, "weights": weights}}
+    return {{
+        "kept": pruner.report.kept_groups, "losses": pruner.report.fusion_losses, "weights": weights,
+        "selection": [pruner.report.selection, pruner.report.selection_losses],
+    }}
 
 
 def run_all(base):
@@ -109,8 +114,12 @@ def test_two_gloo_ranks_keep_the_same_groups_and_weights_as_one_process(runs, im
         assert rank[case]["weights"].keys() == single["weights"].keys()
         for name, values in single["weights"].items():  # statistics summed in another order: float64 round-off
             assert rank[case]["weights"][name] == pytest.approx(values, rel=1e-5, abs=1e-6), name
+        assert rank[case]["selection"][0] == single["selection"][0]
+        assert rank[case]["selection"][1] == pytest.approx(single["selection"][1], rel=1e-5)
     if importance == "hywia":
         assert len(single["losses"]) == 4
+    if reconstruction == "least_squares" and importance == "hywia":
+        assert set(single["selection"][1]) == {"hywia", "element2"}  # two distinct candidates: the choice ran
 
 
 def test_a_batch_smaller_than_the_world_is_refused_with_the_fix(runs):

@@ -184,6 +184,13 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--reconstruction-ridge", type=float, help="ridge of the least-squares refit, relative (default: 0.01)"
     )
+    group.add_argument(
+        "--selection-candidates",
+        nargs="*",
+        choices=("element1", "element2", "vector"),
+        help="single estimates whose own selections HyWIA weighs against its own after compensation, keeping the "
+        "one closest to the dense model on calibration data; none: no choice (default: element2)",
+    )
     _data(parser, "--calibration-data", "mix", "calibration data")
     group = parser.add_argument_group("after pruning")
     group.add_argument(

@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_SEQUENCE_LENGTH",
     "check_integer_ids",
     "check_token_range",
+    "held_out_windows",
     "is_dataset",
     "prepare_calibration_data",
     "text_column",
@@ -47,6 +48,57 @@ def prepare_calibration_data(
     2-D tensor, a list of equal-length sequences, an `input_ids` dataset): every row is a sample, of its own length.
     For text, a 1-D token stream or rows of different lengths, `None` means 32 windows of 128 tokens.
     """
+    samples, num_samples, _ = _windows(data, tokenizer, num_samples, sequence_length, vocab_size)
+    if num_samples is None:
+        return samples  # token rows are samples already: all of them
+    if len(samples) < num_samples:
+        logger.warning(
+            f"The calibration data yields {len(samples)} windows of {samples.shape[1]} tokens, fewer than the "
+            f"{num_samples} requested; using {len(samples)}."
+        )
+        return samples
+    chosen = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))[:num_samples]
+    return samples[chosen.sort().values]
+
+
+def held_out_windows(
+    data: Any,
+    tokenizer: Any = None,
+    num_samples: int | None = None,
+    sequence_length: int | None = None,
+    seed: int = 0,
+    vocab_size: int | None = None,
+    length_multiple: int = 1,
+    count: int | None = None,
+) -> torch.Tensor:
+    """Windows of `data` that share no token with the windows `prepare_calibration_data` selects with the same
+    arguments: fresh text of the calibration domain, to judge choices that were fitted to the calibration windows.
+
+    Each is `length_multiple` consecutive calibration-length windows of one stream (longer context than calibration);
+    up to `count` of them (default: as many tokens as calibration), a `seed`-ed subset in stream order. Empty when
+    there are none to spare (token rows given as exactly the samples, or too little text).
+    """
+    samples, num_samples, streams = _windows(data, tokenizer, num_samples, sequence_length, vocab_size)
+    if num_samples is None or len(samples) <= num_samples:
+        return samples[:0].reshape(0, samples.shape[1] * length_multiple)
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))
+    used = torch.zeros(len(samples), dtype=torch.bool)
+    used[order[:num_samples]] = True
+    blocks = [
+        start
+        for start in range(0, len(samples) - length_multiple + 1, length_multiple)
+        if not used[start : start + length_multiple].any()
+        and bool((streams[start : start + length_multiple] == streams[start]).all())
+    ]
+    count = count or max(num_samples // length_multiple, 1)
+    chosen = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    windows = [samples[blocks[i] : blocks[i] + length_multiple].flatten() for i in chosen.tolist()]
+    return torch.stack(windows) if windows else samples[:0].reshape(0, samples.shape[1] * length_multiple)
+
+
+def _windows(data, tokenizer, num_samples, sequence_length, vocab_size) -> tuple[torch.Tensor, int | None, Any]:
+    """Every window of `data`, the number of samples to draw from them (None: all, token rows as given), and the
+    stream each window comes from."""
     for name, value in (("num_samples", num_samples), ("sequence_length", sequence_length)):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be >= 1 (or None for the default), got {value}.")
@@ -65,21 +117,13 @@ def prepare_calibration_data(
             f"The calibration data yields {found} but one sample needs sequence_length={sequence_length} tokens: "
             "pass more text or lower calibration_sequence_length."
         )
+    stream_of = torch.cat([torch.full((len(window),), index) for index, window in enumerate(windows)])
     samples = torch.cat(windows)
     if vocab_size is not None:
         check_token_range(samples, vocab_size)
-    if num_samples is None:
-        if as_given:
-            return samples  # token rows are samples already: all of them
+    if num_samples is None and not as_given:
         num_samples = DEFAULT_NUM_SAMPLES
-    if len(samples) < num_samples:
-        logger.warning(
-            f"The calibration data yields {len(samples)} windows of {sequence_length} tokens, fewer than the "
-            f"{num_samples} requested; using {len(samples)}."
-        )
-        return samples
-    chosen = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed))[:num_samples]
-    return samples[chosen.sort().values]
+    return samples, num_samples, stream_of
 
 
 def _token_streams(data: Any, tokenizer: Any) -> tuple[list[torch.Tensor], bool]:

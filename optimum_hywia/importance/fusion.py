@@ -96,6 +96,8 @@ class FusionResult:
     ranking: dict[str, str] = field(default_factory=dict)  # group kind: estimate ranking inside slots (ranking.py)
     ranking_losses: dict[str, dict[str, float]] = field(default_factory=dict)
     ranking_batches: dict[str, dict[str, int]] = field(default_factory=dict)
+    # single estimates whose own selections the compensated choice weighs against HyWIA's (selection.py)
+    alternatives: dict[str, dict[Key, torch.Tensor]] = field(default_factory=dict)
 
 
 class HybridFusion:

@@ -76,6 +76,11 @@ class HyWIA(ImportanceMethod):
             elif config.fusion_ranking != FUSED:
                 result.ranking = {kind: config.fusion_ranking for kind in config.group_kinds}
                 result.scores = rank_slots(context.group_sets, result.scores, estimates, result.ranking)
+        for name in config.selection_candidates:
+            scores = estimates[name] if name in estimates else gradient_scores(name, statistics)
+            if config.layout == "per_layer":  # each estimate's own selection compares groups per parameter
+                scores = {gs.key: scores[gs.key] / gs.params_per_group for gs in context.group_sets}
+            result.alternatives[name] = scores
         return result.scores, result
 
 
