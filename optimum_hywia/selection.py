@@ -108,34 +108,33 @@ def compensate_best_selection(
 
     candidates = distinct_candidates(candidates)
     names = list(candidates)
+
+    def compensate(name: str, target: nn.Module, sets: list[GroupSet]) -> tuple[dict, dict[str, float]]:
+        kept = {key: value.clone() for key, value in candidates[name].items()}  # a reselecting method updates it
+        return kept, remove_and_compensate(target, spec, config, sets, kept, batches, widths_before, show_progress)
+
     reason = why_no_choice(model, spec) if len(names) > 1 else None
+    teacher = TeacherCache((available_memory(torch.device("cpu")) or 0) // 4)
+    teacher_model = model  # its output head is never pruned: cached hidden states stay exact after surgery
+    if len(names) > 1 and not reason:
+        if not held_out:
+            logger.warning(
+                "HyWIA: the calibration data has no windows to spare, so the choice between selections is judged on "
+                "the calibration windows, to which HyWIA's own selection was fitted: pass more calibration text."
+            )
+        rank, world_size = distributed_world()
+        chunks = _chunks(shard_batches(held_out or batches, rank, world_size), config.calibration_micro_batch_size)
+        device = execution_device(model)
+        with torch.no_grad():
+            for chunk in chunks:
+                teacher.teacher_log_probs(teacher_model, chunk.to(device))
+        if len(teacher.entries) < len({c.numpy().tobytes() for c in chunks}):
+            reason = "the dense model's outputs do not fit in memory"
     if len(names) == 1 or reason:
         if reason:
             logger.warning(f"HyWIA: no compensated choice between selections: {reason}; keeping {names[0]}'s.")
-        first = names[0]
-        kept = {key: value.clone() for key, value in candidates[first].items()}
-        errors = remove_and_compensate(model, spec, config, group_sets, kept, batches, widths_before, show_progress)
-        return SelectionChoice(first, kept, errors, {})
-
-    if not held_out:
-        logger.warning(
-            "HyWIA: the calibration data has no windows to spare, so the choice between selections is judged on the "
-            "calibration windows, to which HyWIA's own selection was fitted: pass more calibration text."
-        )
-    rank, world_size = distributed_world()
-    chunks = _chunks(shard_batches(held_out or batches, rank, world_size), config.calibration_micro_batch_size)
-    teacher = TeacherCache((available_memory(torch.device("cpu")) or 0) // 4)
-    teacher_model = model  # its output head is never pruned: cached hidden states stay exact after surgery
-    device = execution_device(model)
-    with torch.no_grad():
-        for chunk in chunks:
-            teacher.teacher_log_probs(teacher_model, chunk.to(device))
-    if len(teacher.entries) < len({c.numpy().tobytes() for c in chunks}):
-        logger.warning("HyWIA: no compensated choice between selections: the dense outputs do not fit in memory.")
-        first = names[0]
-        kept = {key: value.clone() for key, value in candidates[first].items()}
-        errors = remove_and_compensate(model, spec, config, group_sets, kept, batches, widths_before, show_progress)
-        return SelectionChoice(first, kept, errors, {})
+        kept, errors = compensate(names[0], model, group_sets)
+        return SelectionChoice(names[0], kept, errors, {})
 
     layers_path, _ = decoder_layers(model, spec)
     pruned_layers = sorted({gs.layer for gs in group_sets})
@@ -144,16 +143,13 @@ def compensate_best_selection(
     best: tuple[str, nn.Module, dict, dict] | None = None
     for name in names[:-1]:
         clone = copy.deepcopy(model)
-        sets = build_group_sets(clone, spec, pruned_layers, kinds)
-        kept = {key: value.clone() for key, value in candidates[name].items()}
-        errors = remove_and_compensate(clone, spec, config, sets, kept, batches, widths_before, show_progress)
+        kept, errors = compensate(name, clone, build_group_sets(clone, spec, pruned_layers, kinds))
         losses[name] = calibration_kl(clone, teacher_model, teacher, chunks)
         if best is None or losses[name] < losses[best[0]]:
             best = (name, clone, kept, errors)
         del clone
     last = names[-1]
-    kept = {key: value.clone() for key, value in candidates[last].items()}
-    errors = remove_and_compensate(model, spec, config, group_sets, kept, batches, widths_before, show_progress)
+    kept, errors = compensate(last, model, group_sets)
     losses[last] = calibration_kl(model, teacher_model, teacher, chunks)
     logger.info(f"HyWIA: compensated calibration KL of the candidate selections: {losses}")
     if best is not None and losses[best[0]] <= losses[last]:
