@@ -140,6 +140,9 @@ class HyWIAPruner:
         candidates = {config.importance: kept}
         for name, alternative in fusion.alternatives.items() if fusion else ():
             candidates[name] = broadcast_kept_groups(select_groups(alternative, group_sets, plan))
+        held_out = []  # fresh windows of the calibration text judge the choice between selections
+        if len(candidates) > 1 and config.reconstruction != "none":  # read before any surgery: it cannot half-prune
+            held_out = held_out_batches(model, config, self.tokenizer, calibration_data)
 
         surgery_start = time.perf_counter()
         choice = None
@@ -148,9 +151,6 @@ class HyWIAPruner:
             if config.reconstruction == "none":
                 remove_groups(group_sets, kept)
             else:
-                held_out = []  # fresh windows of the calibration text judge the choice between selections
-                if len(candidates) > 1:
-                    held_out = held_out_batches(model, config, self.tokenizer, calibration_data)
                 choice = compensate_best_selection(
                     model, spec, config, group_sets, candidates, batches, widths_before, show_progress, held_out
                 )
