@@ -103,7 +103,7 @@ def run_one(args, dense, tokenizer, method: str, reconstruction: str, ratio: flo
         pruner.prune(calibration_data=calibration_texts(args.calibration), show_progress=False)
         pruner.save_pretrained(Path(args.models) / run_key(method, reconstruction, ratio, layout, seed, args), True)
         record.update(
-            config=config.to_dict(),
+            config=pruner.config.to_dict(),  # with its data-dependent defaults resolved
             achieved_ratio=pruner.report.achieved_ratio,
             layer_widths=[layer["after"] for layer in pruner.report.layers],
             seconds=pruner.report.seconds,

@@ -156,7 +156,8 @@ def pruned_model(args, dense, tokenizer, ratio: float, streams) -> tuple[Path, d
 
 def run_key(objective: str, ratio: float, args) -> str:
     shape = f"{args.steps}x{args.batch_size}x{args.sequence_length}"
-    return f"{objective}-per_layer-r{ratio:g}-s{args.seed}-{shape}-lr{args.learning_rate:g}-{windows_tag(args)}"
+    method = "" if args.method == "lora" else f"-{args.method}"  # LoRA runs keep their first keys
+    return f"{objective}{method}-per_layer-r{ratio:g}-s{args.seed}-{shape}-lr{args.learning_rate:g}-{windows_tag(args)}"
 
 
 def run_curve(args, dense, tokenizer, ratio: float, objective: str, streams) -> None:
@@ -167,6 +168,7 @@ def run_curve(args, dense, tokenizer, ratio: float, objective: str, streams) -> 
     if record and record.get("complete"):
         return
     config = RecoveryConfig(
+        method=args.method,
         objective=objective,
         max_steps=args.steps,
         batch_size=args.batch_size,
@@ -220,17 +222,28 @@ def report(args) -> None:
             cpu = f"{point['train_cpu_minutes']:6.2f} CPU min"
             print(f"  step {point['step']:4d}  tokens {point['tokens']:7d}  {cpu}  {ppl}")
     records = [json.loads(path.read_text()) for path in sorted(results.glob("*-per_layer-*x*.json"))]
-    for ratio in sorted({record["ratio"] for record in records}):
-        same = [record for record in records if record["ratio"] == ratio and len(record["points"]) > 1]
+
+    def recipe(record: dict[str, Any]) -> tuple:  # runs that differ only in the objective are compared
+        recovery = record["recovery"]
+        return record["ratio"], recovery.get("method", "lora"), recovery["max_steps"], recovery["learning_rate"]
+
+    for key in sorted({recipe(record) for record in records}):
+        same = [record for record in records if recipe(record) == key and len(record["points"]) > 1]
         if len(same) < 2:
             continue
         budget = min(record["points"][-1]["train_cpu_minutes"] for record in same)
-        print(f"ratio {ratio:g}, equal training CPU time ({budget:.2f} min, linear between checkpoints):")
+        ratio, method, steps, rate = key
+        print(f"ratio {ratio:g}, {method}, {steps} steps, lr {rate:g}: equal training CPU time ({budget:.2f} min):")
         for record in same:
             ppl = "  ".join(f"{name} {value:8.2f}" for name, value in at_cpu_minutes(record["points"], budget).items())
-            print(f"  {record['objective']:<13} {ppl}")
+            print(f"  {label(record):<24} {ppl}")
     if records:
         _plot(records, dense, ROOT / "docs" / "results_recovery.png")
+
+
+def label(record: dict[str, Any]) -> str:
+    method = record["recovery"].get("method", "lora")
+    return f"{record['objective']}, {'LoRA' if method == 'lora' else 'full fine-tuning'}"
 
 
 def at_cpu_minutes(points: list[dict[str, Any]], minutes: float) -> dict[str, float]:
@@ -258,12 +271,12 @@ def _plot(records: list[dict[str, Any]], dense: dict[str, Any] | None, path: Pat
             for record in (r for r in records if r["ratio"] == ratio):
                 points = record["points"]
                 axis.plot([p["train_cpu_minutes"] for p in points], [p["ppl"][text] for p in points], marker="o",
-                          label=f"{record['objective']} (lr {record['recovery']['learning_rate']:g})")  # fmt: skip
+                          label=f"{label(record)} (lr {record['recovery']['learning_rate']:g})")  # fmt: skip
             if dense:
                 axis.axhline(dense["ppl"][text], linestyle="--", color="gray", label="dense")
             axis.set_xlabel("training CPU minutes (2-core machine)")
             axis.set_ylabel(f"{text} perplexity")
-            axis.set_title(f"SmolLM2-135M, HyWIA {ratio:.0%} per_layer, LoRA recovery")
+            axis.set_title(f"SmolLM2-135M, HyWIA {ratio:.0%} per_layer, recovery")
             axis.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -280,6 +293,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--sequence-length", type=int, default=256)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--method", default="lora", choices=["lora", "full"], help="LoRA adapters, or every weight")
     parser.add_argument("--eval-windows", type=int, default=20, help="512-token Wikipedia windows")
     parser.add_argument("--lambada-windows", type=int, default=10, help="512-token windows of held-out LAMBADA")
     parser.add_argument("--until-step", type=int, default=0, help="stop every run at this step (resume later)")

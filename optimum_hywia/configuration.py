@@ -54,6 +54,11 @@ class HyWIAConfig:
             ranking, per group kind, among the fused score and each single estimate, whose hard-masked model has the
             lowest `fusion_objective` on the calibration batches; a few extra forward passes), `"fused"` (the fused
             score's own order), or one estimate's name (`"element1"`, `"element2"`, `"vector"`: an ablation).
+            `None` (default): `"fused"` when the compensated choice between whole selections runs
+            (`selection_candidates`, with compensation, on a model that is not offloaded), else `"select"`:
+            compensation flattens the differences between rankings inside the fused counts, so the ranking choice
+            would not change which selection wins the compensated choice (docs/method.md §7b); the saved
+            `hywia_config.json` records the one used.
         group_kinds: which prunable groups to remove: `"attention"` (KV-head groups) and/or `"mlp"` (channels).
         layer_range: `[start, end)` decoder layers to prune. `None`: every layer for the `uniform` layout (so that
             all layers share one width and the vanilla config describes them); for `per_layer`, the first `n // 8`
@@ -111,7 +116,7 @@ class HyWIAConfig:
     fusion_temperature: tuple[float, float] = (1.0, 0.05)
     fusion_objective: str = "distillation"
     fusion_alpha: float | None = None
-    fusion_ranking: str = "select"
+    fusion_ranking: str | None = None
     group_kinds: tuple[str, ...] = GROUP_KINDS
     layer_range: tuple[int, int] | None = None
     layout: str = "uniform"
@@ -161,7 +166,8 @@ class HyWIAConfig:
         _check_subset("fine_estimators", self.fine_estimators, FINE_ESTIMATORS)
         _check_choice("layout", self.layout, LAYOUTS)
         _check_choice("fusion_objective", self.fusion_objective, FUSION_OBJECTIVES)
-        _check_choice("fusion_ranking", self.fusion_ranking, FUSION_RANKINGS)
+        if self.fusion_ranking is not None:
+            _check_choice("fusion_ranking", self.fusion_ranking, FUSION_RANKINGS)
         if self.fusion_ranking in FUSION_RANKINGS[2:] and self.fusion_ranking not in (*self.fine_estimators, "vector"):
             raise ValueError(
                 f"fusion_ranking={self.fusion_ranking!r} ranks by an estimate HyWIA does not compute: add it to "

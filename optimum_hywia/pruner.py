@@ -37,7 +37,7 @@ from .offload import (
 from .report import PruningReport, build_report, count_parameters
 from .saving import atomic_directory, check_destination
 from .scoring import calibration_batches, held_out_batches, score_groups
-from .selection import compensate_best_selection
+from .selection import compensate_best_selection, why_no_choice
 from .surgery import layer_widths, remove_groups, restore_auto_map, rewrite_config
 
 logger = logging.get_logger(__name__)
@@ -109,9 +109,7 @@ class HyWIAPruner:
             raise RuntimeError("This model is already pruned; create a new HyWIAPruner to prune it again.")
         if self._surgery_failed:
             raise RuntimeError("A previous prune() failed during surgery and left this model modified: reload it.")
-        if self.config.reconstruction is None:  # the default: compensate whenever there is data to fit on
-            chosen = "none" if calibration_data is None else "least_squares"
-            self.config = dataclasses.replace(self.config, reconstruction=chosen)
+        self.config = self._resolved_config(calibration_data)
         config, model, spec = self.config, self.model, self.spec
         check_prunable(model)
         seconds: dict[str, float] = {}
@@ -177,6 +175,17 @@ class HyWIAPruner:
             f"({self.report.achieved_ratio:.1%} of decoder-layer parameters removed)"
         )
         return model
+
+    def _resolved_config(self, calibration_data: Any) -> HyWIAConfig:
+        """The config with its data-dependent defaults (`None`) decided, as `hywia_config.json` records them."""
+        config, changes = self.config, {}
+        if config.reconstruction is None:  # compensate whenever there is data to fit on
+            changes["reconstruction"] = "none" if calibration_data is None else "least_squares"
+        if config.fusion_ranking is None:  # the compensated choice between selections supersedes the ranking choice
+            compensated = changes.get("reconstruction", config.reconstruction) != "none"
+            choice = compensated and config.selection_candidates and why_no_choice(self.model, self.spec) is None
+            changes["fusion_ranking"] = "fused" if choice else "select"
+        return dataclasses.replace(config, **changes) if changes else config
 
     def save_pretrained(self, save_directory: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the pruned model (safetensors), its config, tokenizer, `hywia_config.json`, the report and README.md.

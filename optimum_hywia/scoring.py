@@ -90,6 +90,4 @@ def score_groups(
             f"importance={config.importance!r} returned no score or a wrong number of scores for {missing[:3]}: "
             "score() must return one value per group for every group set."
         )
-    if method.per_parameter and config.layout == "per_layer":  # groups of different sizes compare per parameter
-        scores = {gs.key: scores[gs.key] / gs.params_per_group for gs in group_sets}
-    return scores, fusion
+    return method.comparable(scores, group_sets, config.layout), fusion

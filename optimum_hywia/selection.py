@@ -11,8 +11,10 @@ to the calibration windows -- and four times as long, since a selection fitted o
 context. The dense teacher's outputs are computed once, before anything is removed.
 
 Every candidate but the last is compensated on a copy of the model; the last one in place. If a copy wins, its
-decoder layers replace the model's. Cost: one compensation pass and one forward over the calibration data per
-candidate; memory: one more copy of the model at a time.
+decoder layers replace the model's. The compensated candidates then race over the held-out chunks (`race`): one
+clearly further from the dense model drops out after a few chunks, so a clear choice reads only part of them. Cost:
+one compensation pass per candidate, one forward of the dense model over the held-out windows and at most one per
+candidate; memory: one more copy of the model per candidate but the last, and the dense model's outputs.
 """
 
 from __future__ import annotations
@@ -66,18 +68,62 @@ def why_no_choice(model: nn.Module, spec: Any) -> str | None:
 
 
 @torch.no_grad()
+def chunk_kl(model: nn.Module, teacher_model: nn.Module, teacher: TeacherCache, chunk: torch.Tensor) -> torch.Tensor:
+    """`[sum over the chunk's tokens of KL(p_dense ‖ p_model), number of tokens]` (float64)."""
+    chunk = chunk.to(execution_device(model))
+    dense = teacher.teacher_log_probs(teacher_model, chunk)
+    student = model(input_ids=chunk, use_cache=False).logits.float().log_softmax(-1)
+    kl = torch.nn.functional.kl_div(student, dense, reduction="none", log_target=True).sum(-1)
+    return torch.tensor([float(kl.double().sum()), kl.numel()], dtype=torch.float64)
+
+
+@torch.no_grad()
 def calibration_kl(model: nn.Module, teacher_model: nn.Module, teacher: TeacherCache, chunks) -> float:
     """Mean over this rank's calibration tokens (all ranks' tokens when distributed) of `KL(p_dense ‖ p_model)`."""
+    total = sum(
+        (chunk_kl(model, teacher_model, teacher, chunk) for chunk in chunks), torch.zeros(2, dtype=torch.float64)
+    )
+    return mean_over_ranks(total)
+
+
+def race(
+    models: dict[str, nn.Module], teacher_model: nn.Module, teacher: TeacherCache, chunks
+) -> tuple[str, dict[str, float]]:
+    """The model closest to the dense one over the held-out chunks (the first on a tie), and each model's mean KL.
+
+    The models race chunk by chunk as the ranking choice's candidates do (`importance.ranking`): from
+    `RACE_MIN_BATCHES` chunks on, one whose paired mean difference to the leader exceeds `RACE_Z` standard errors
+    drops out, and the race ends when one is left. The winner's loss is over the chunks it raced on; a dropped
+    model's is the winner's plus their paired mean difference over the chunks it saw. Data-parallel ranks hold
+    different chunks, so there every model sees every chunk (losses over all ranks' tokens)."""
+    from .distributed import distributed_world
+    from .importance.ranking import race_survivors
+
+    alive, totals = list(models), {name: torch.zeros(2, dtype=torch.float64) for name in models}
+    per_chunk: dict[str, list[float]] = {name: [] for name in models}
+    racing = distributed_world()[1] == 1
+    for index, chunk in enumerate(chunks):
+        if racing and len(alive) == 1:
+            break
+        for name in alive:
+            value = chunk_kl(models[name], teacher_model, teacher, chunk)
+            totals[name] += value
+            per_chunk[name].append(float(value[0] / value[1].clamp_min(1)))
+        if racing:
+            alive = race_survivors(alive, per_chunk, index + 1)
+    losses = {name: mean_over_ranks(totals[name]) for name in alive}
+    winner = min(alive, key=losses.get)
+    for name in models.keys() - set(alive):
+        seen = len(per_chunk[name])
+        difference = sum(per_chunk[name]) - sum(per_chunk[winner][:seen])
+        losses[name] = losses[winner] + difference / seen
+    return winner, {name: losses[name] for name in models}
+
+
+def mean_over_ranks(total: torch.Tensor) -> float:
+    """`total[0] / total[1]` of a `[sum, count]` pair, summed over data-parallel ranks first."""
     from .distributed import distributed_world
 
-    device = execution_device(model)
-    total = torch.zeros(2, dtype=torch.float64)
-    for chunk in chunks:
-        chunk = chunk.to(device)
-        dense = teacher.teacher_log_probs(teacher_model, chunk)
-        student = model(input_ids=chunk, use_cache=False).logits.float().log_softmax(-1)
-        kl = torch.nn.functional.kl_div(student, dense, reduction="none", log_target=True).sum(-1)
-        total += torch.tensor([float(kl.double().sum()), kl.numel()], dtype=torch.float64)
     if distributed_world()[1] > 1:
         import torch.distributed as dist
 
@@ -101,7 +147,7 @@ def compensate_best_selection(
     held_out: list[torch.Tensor] | None = None,
 ) -> SelectionChoice:
     """Remove and compensate each candidate selection; leave `model` pruned with the one of lowest compensated KL
-    on the `held_out` batches (the first on a tie). `candidates` maps a name to kept groups
+    on the `held_out` batches (raced, `race`; the first on a tie). `candidates` maps a name to kept groups
     (`allocation.select_groups`); `batches` are the calibration batches that compensation fits on."""
     from .compensation import _chunks
     from .distributed import distributed_world, shard_batches
@@ -139,21 +185,18 @@ def compensate_best_selection(
     layers_path, _ = decoder_layers(model, spec)
     pruned_layers = sorted({gs.layer for gs in group_sets})
     kinds = tuple(dict.fromkeys(gs.kind for gs in group_sets))
-    losses: dict[str, float] = {}
-    best: tuple[str, nn.Module, dict, dict] | None = None
+    models: dict[str, nn.Module] = {}
+    results: dict[str, tuple[dict, dict[str, float]]] = {}
     for name in names[:-1]:
-        clone = copy.deepcopy(model)
-        kept, errors = compensate(name, clone, build_group_sets(clone, spec, pruned_layers, kinds))
-        losses[name] = calibration_kl(clone, teacher_model, teacher, chunks)
-        if best is None or losses[name] < losses[best[0]]:
-            best = (name, clone, kept, errors)
-        del clone
-    last = names[-1]
-    kept, errors = compensate(last, model, group_sets)
-    losses[last] = calibration_kl(model, teacher_model, teacher, chunks)
-    logger.info(f"HyWIA: compensated calibration KL of the candidate selections: {losses}")
-    if best is not None and losses[best[0]] <= losses[last]:
-        name, clone, kept, errors = best
+        models[name] = copy.deepcopy(model)
+        results[name] = compensate(name, models[name], build_group_sets(models[name], spec, pruned_layers, kinds))
+    models[names[-1]] = model
+    results[names[-1]] = compensate(names[-1], model, group_sets)
+    chosen, losses = race(models, teacher_model, teacher, chunks)
+    logger.info(f"HyWIA: compensated held-out KL of the candidate selections: {losses}")
+    kept, errors = results[chosen]
+    if chosen != names[-1]:
+        clone = models[chosen]
         layers = model.get_submodule(layers_path)
         clone_layers = clone.get_submodule(layers_path)
         for index in pruned_layers:
@@ -161,5 +204,4 @@ def compensate_best_selection(
             for module in layers[index].modules():  # layers that hold the model's config hold the copy's
                 if getattr(module, "config", None) is clone.config:
                     module.config = model.config
-        return SelectionChoice(name, kept, errors, losses)
-    return SelectionChoice(last, kept, errors, losses)
+    return SelectionChoice(chosen, kept, errors, losses)

@@ -14,8 +14,9 @@ from optimum_hywia.architectures import get_architecture
 from optimum_hywia.compensation import remove_and_compensate
 from optimum_hywia.data import held_out_windows, prepare_calibration_data
 from optimum_hywia.groups import build_group_sets
+from optimum_hywia.importance.ranking import RACE_MIN_BATCHES
 from optimum_hywia.importance.statistics import TeacherCache
-from optimum_hywia.selection import calibration_kl, compensate_best_selection
+from optimum_hywia.selection import calibration_kl, compensate_best_selection, race
 from optimum_hywia.surgery import layer_widths, rewrite_config
 
 # one token stream: 32 calibration windows of 32 tokens, and held-out windows of 4 x 32 tokens that judge the choice
@@ -114,6 +115,54 @@ def test_no_candidates_keeps_hywias_selection_without_a_choice(trained):
     pruner = HyWIAPruner(copy.deepcopy(trained), settings(selection_candidates=()))
     pruner.prune(CALIBRATION, show_progress=False)
     assert pruner.report.selection == "" and pruner.report.selection_losses == {}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "ranking", "chooses"),
+    [
+        ({}, "fused", True),  # the compensated choice supersedes the ranking choice
+        ({"fusion_ranking": "select"}, "select", True),  # as given
+        ({"selection_candidates": ()}, "select", False),
+        ({"reconstruction": "none"}, "select", False),
+    ],
+)
+def test_the_ranking_choice_runs_by_default_only_without_the_compensated_choice(trained, overrides, ranking, chooses):
+    pruner = HyWIAPruner(copy.deepcopy(trained), settings(**{"reconstruction": None, **overrides}))
+    assert pruner.config.fusion_ranking == overrides.get("fusion_ranking")
+    pruner.prune(CALIBRATION, show_progress=False)
+    report = pruner.report
+    assert pruner.config.fusion_ranking == ranking  # resolved, and so saved in hywia_config.json
+    assert ("ranking" in report.seconds) == (ranking == "select") == bool(report.fusion_ranking)
+    assert bool(report.selection_losses) == chooses
+
+
+def _perturbed(model, scale: float, seed: int):
+    copied = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in copied.model.layers.parameters():
+            parameter.add_(scale * parameter.abs().mean() * torch.randn(parameter.shape, generator=generator))
+    return copied
+
+
+def test_the_race_drops_a_clearly_worse_candidate_early_and_estimates_its_loss(trained):
+    close, far = _perturbed(trained, 0.05, 0), _perturbed(trained, 1.0, 1)
+    chunks = list(arithmetic_sequences(16, seed=3000).split(1))
+    forwards = []
+    far.register_forward_hook(lambda *args: forwards.append(1))
+    winner, losses = race({"far": far, "close": close}, trained, TeacherCache(1 << 30), chunks)
+    assert winner == "close" and RACE_MIN_BATCHES <= len(forwards) < len(chunks)  # dropped: the race ended there
+    seen = chunks[: len(forwards)]
+    close_kl = calibration_kl(close, trained, TeacherCache(1 << 30), seen)
+    assert losses["close"] == pytest.approx(close_kl, rel=1e-6)  # the winner's loss: the chunks it raced on
+    far_kl = calibration_kl(far, trained, TeacherCache(1 << 30), seen)  # equal chunks: the paired estimate is exact
+    assert losses["far"] == pytest.approx(far_kl, rel=1e-6) and far_kl > 2 * close_kl
+
+
+def test_a_tie_runs_the_whole_race_and_keeps_the_first_candidate(trained):
+    chunks = list(arithmetic_sequences(8, seed=3000).split(1))
+    winner, losses = race({"a": trained, "b": copy.deepcopy(trained)}, trained, TeacherCache(1 << 30), chunks)
+    assert winner == "a" and losses["a"] == losses["b"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_selection_candidates_must_be_single_gradient_estimates():

@@ -168,7 +168,8 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
         "--fusion-ranking",
         choices=("select", "fused", "element1", "element2", "vector"),
         help="which groups inside each layer go once the fusion has set how many: the ranking chosen by hard-mask "
-        "loss, the fused score's, or one estimate's (default: select)",
+        "loss, the fused score's, or one estimate's (default: fused when the compensated choice between selections "
+        "runs, else select)",
     )
     group.add_argument("--round-to", type=positive_int, help="round kept MLP widths to a multiple of this")
     group.add_argument(

@@ -10,7 +10,7 @@ from .activations import ActivationStatistics, activation_scores, fluctuation_sc
 from .estimators import gradient_scores, l2_scores, random_scores
 from .fusion import HybridFusion
 from .ranking import FUSED, choose_rankings, rank_slots
-from .registry import ImportanceMethod, ScoringContext
+from .registry import ImportanceMethod, ScoringContext, get_importance
 from .slimgpt import SlimGPT
 from .statistics import cached_teacher
 
@@ -18,7 +18,8 @@ from .statistics import cached_teacher
 class HyWIA(ImportanceMethod):
     description = (
         "fine-grained (element1/element2) and coarse-grained (vector) Taylor scores blended per layer and module kind "
-        "by an attention module trained through soft masks; a hard-masked pass chooses the ranking inside layers"
+        "by an attention module trained through soft masks; a hard-masked pass chooses the ranking inside layers, or, "
+        "with compensation, a compensated choice between whole selections"
     )
     needs_calibration = needs_gradients = uses_fusion = True
     per_parameter = False  # the fused scores are trained against the per-layer budget directly
@@ -58,7 +59,8 @@ class HyWIA(ImportanceMethod):
                 )
             context.seconds["fusion"] = time.perf_counter() - start
             estimates = dict(zip((*config.fine_estimators, "vector"), (*fine, coarse)))
-            if config.fusion_ranking == "select":
+            ranking = config.fusion_ranking or "select"  # unresolved (scored outside HyWIAPruner.prune): choose
+            if ranking == "select":
                 start = time.perf_counter()
                 choice = choose_rankings(
                     trainer,
@@ -73,14 +75,12 @@ class HyWIA(ImportanceMethod):
                 result.scores, result.ranking = choice.scores, choice.chosen
                 result.ranking_losses, result.ranking_batches = choice.losses, choice.batches
                 context.seconds["ranking"] = time.perf_counter() - start
-            elif config.fusion_ranking != FUSED:
-                result.ranking = {kind: config.fusion_ranking for kind in config.group_kinds}
+            elif ranking != FUSED:
+                result.ranking = {kind: ranking for kind in config.group_kinds}
                 result.scores = rank_slots(context.group_sets, result.scores, estimates, result.ranking)
-        for name in config.selection_candidates:
+        for name in config.selection_candidates:  # each estimate's own selection, as its own prune would make it
             scores = estimates[name] if name in estimates else gradient_scores(name, statistics)
-            if config.layout == "per_layer":  # each estimate's own selection compares groups per parameter
-                scores = {gs.key: scores[gs.key] / gs.params_per_group for gs in context.group_sets}
-            result.alternatives[name] = scores
+            result.alternatives[name] = get_importance(name).comparable(scores, context.group_sets, config.layout)
         return result.scores, result
 
 

@@ -75,7 +75,7 @@ def hard_masks(group_sets: list[GroupSet], kept: dict[Key, torch.Tensor]) -> dic
     return masks
 
 
-def _survivors(alive: list[tuple], losses: dict[tuple, list[float]], seen: int) -> list[tuple]:
+def race_survivors(alive: list[tuple], losses: dict[tuple, list[float]], seen: int) -> list[tuple]:
     """The selections of `alive` not significantly worse than the leader on the first `seen` batches: eliminated when
     their paired mean difference to the leader exceeds `RACE_Z` standard errors (all agree on every rank)."""
     if seen < RACE_MIN_BATCHES or len(alive) < 2:
@@ -139,7 +139,7 @@ def choose_rankings(
                             loss = calibration_loss(model, batches[len(history)].to(device), objective)
                         check_finite(loss, "hard-mask calibration loss")
                         history.append(float(loss))
-                alive = _survivors(alive, measured, index + 1)
+                alive = race_survivors(alive, measured, index + 1)
                 progress.update()
             full = [name for name in candidates if selections[name] in alive]
             chosen[kind] = min(full, key=lambda name: sum(measured[selections[name]]))  # first (fused) on ties

@@ -66,6 +66,12 @@ class ImportanceMethod(ABC):
         """Whether the method reads calibration batches (any of the passes above)."""
         return self.needs_calibration or self.needs_gradients or self.needs_activations
 
+    def comparable(self, scores: Scores, group_sets: list[GroupSet], layout: str) -> Scores:
+        """`scores` as the allocation compares them: per parameter of a group under `per_layer` (`per_parameter`)."""
+        if self.per_parameter and layout == "per_layer":
+            return {gs.key: scores[gs.key] / gs.params_per_group for gs in group_sets}
+        return scores
+
     @abstractmethod
     def score(self, context: ScoringContext) -> Scores | tuple[Scores, FusionResult]:
         """Scores of every group set of `context.group_sets` (one value per group), optionally with a fusion result."""
