@@ -1,201 +1,34 @@
-"""Recovery: a short fine-tuning of a pruned model on `transformers.Trainer`, with LoRA (peft, merged back so the
-result is a plain model) or all weights, on the LM loss or by distillation from the dense model.
-
-```python
-model = recover(pruned_model, tokenizer, texts, RecoveryConfig(max_steps=200), output_dir="recovery-run")
-model = recover(pruned_model, tokenizer, texts, RecoveryConfig(objective="distillation"), teacher=dense_model)
-```
-
-With an `output_dir`, Trainer writes a checkpoint there (`checkpoint-<step>`, `trainer_state.json` last) every
-`save_steps` steps, at the end, and on Ctrl-C. Calling `recover` again with the same arguments resumes from the newest
-complete one to the weights of an uninterrupted run; a fingerprint kept in the trainer state refuses a different run,
-and checkpoints a killed run left incomplete are deleted.
-"""
+"""`recover`: the training run on `transformers.Trainer`, with LoRA (peft, merged back) or all weights, on the LM
+loss or by distillation from the dense model."""
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
-import math
 import os
-import shutil
 import signal
 import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback, TrainerState
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.utils import logging
 
-from .architectures import GENERATIVE_AUTO_CLASSES, auto_class_for, get_architecture
-from .data.training import DATA_FORMATS, IGNORE_INDEX, Collator, build_examples, load_records
-from .model_card import RECOVERY_LOG_NAME
-from .offload import execution_device
-from .saving import atomic_directory, check_destination
+from ..architectures import GENERATIVE_AUTO_CLASSES, auto_class_for
+from ..data.training import IGNORE_INDEX, Collator, build_examples
+from ..model_card import RECOVERY_LOG_NAME
+from ..offload import execution_device
+from .checkpoints import RunFingerprint, resume_point, run_fingerprint
+from .configuration import LR_SCHEDULERS, RecoveryConfig, RecoveryLog, default_target_modules
 
 logger = logging.get_logger(__name__)
-
-LR_SCHEDULERS = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}  # ours: Trainer's
-METHODS = ("lora", "full")
-OBJECTIVES = ("lm", "distillation")
-# RecoveryConfig's checks: integer fields with their minimum, number fields with their range, choices
-_POSITIVE = ("rank", "max_steps", "batch_size", "gradient_accumulation_steps", "logging_steps", "save_steps")
-_MINIMA = {**dict.fromkeys(_POSITIVE, 1), "warmup_steps": 0, "seed": 0, "sequence_length": 2}
-_RANGES = {
-    **dict.fromkeys(("alpha", "learning_rate", "temperature"), ("a number > 0", lambda v: v > 0)),
-    **dict.fromkeys(("weight_decay", "max_grad_norm"), ("a number >= 0", lambda v: v >= 0)),
-    "dropout": ("in [0, 1)", lambda v: 0 <= v < 1),
-    "distillation_weight": ("in [0, 1]", lambda v: 0 <= v <= 1),
-}
-_CHOICES = {"method": METHODS, "objective": OBJECTIVES, "data_format": DATA_FORMATS, "lr_scheduler": (*LR_SCHEDULERS,)}
-_RESUME_FREE_FIELDS = ("logging_steps", "save_steps")  # they do not change what a run computes
-
-
-@dataclass
-class RecoveryConfig:
-    """Recovery settings.
-
-    Args:
-        method: `"lora"` (adapters on the projections, merged back) or `"full"` (every weight; small models).
-        objective: `"lm"` (next-token loss on the data) or `"distillation"` (KL to a teacher's next-token
-            distributions, mixed with the LM loss by `distillation_weight`; needs `recover(..., teacher=)`).
-        temperature: distillation temperature `T`; the KL term is `T² · KL(teacher_T ‖ student_T)`.
-        distillation_weight: `w` in `w · T² · KL + (1 - w) · LM` (1: distillation only).
-        rank: LoRA rank `r`.
-        alpha: LoRA scaling numerator (`alpha / rank` scales the update).
-        dropout: dropout on the LoRA branch input.
-        target_modules: names of the linear layers that get adapters (peft suffix match). `None`: every projection of
-            the model family's mapping table (`q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj` for
-            Llama, Mistral, Qwen2).
-        learning_rate: AdamW peak learning rate.
-        weight_decay: AdamW weight decay (Trainer's: not on biases and norms).
-        lr_scheduler: `"constant"`, `"linear"` (decay to 0) or `"cosine"`, after `warmup_steps` (Trainer's schedulers).
-        warmup_steps: optimizer steps of linear warmup from 0.
-        max_steps: optimizer steps (the data is cycled, reshuffled every pass).
-        batch_size: sequences per forward/backward pass.
-        gradient_accumulation_steps: passes per optimizer step (the loss is averaged over all their tokens).
-        sequence_length: tokens per training sequence (text is packed into windows of this length; instruction
-            examples are truncated to it).
-        max_grad_norm: gradient clipping norm (0 disables clipping).
-        data_format: `"text"` (causal LM on every token), `"instruction"` (loss on the responses only) or `"auto"`
-            (instruction when the records have `messages`, `instruction`/`output` or `prompt`/`completion|response`
-            fields, text otherwise).
-        gradient_checkpointing: recompute activations in the backward pass (less memory, ~30% slower).
-        logging_steps: log the loss every this many optimizer steps.
-        save_steps: write a resumable checkpoint every this many optimizer steps (needs `output_dir`).
-        seed: seed of the data order, LoRA initialisation and dropout.
-    """
-
-    method: str = "lora"
-    objective: str = "lm"
-    temperature: float = 1.0
-    distillation_weight: float = 1.0
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] | None = None
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.0
-    lr_scheduler: str = "linear"
-    warmup_steps: int = 0
-    max_steps: int = 100
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    sequence_length: int = 256
-    max_grad_norm: float = 1.0
-    data_format: str = "auto"
-    gradient_checkpointing: bool = False
-    logging_steps: int = 10
-    save_steps: int = 50
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.target_modules is not None:
-            targets = self.target_modules
-            self.target_modules = (targets,) if isinstance(targets, str) else tuple(targets)
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise a `ValueError` saying what to change for any field that is out of range."""
-        for name, minimum in _MINIMA.items():
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{name} must be an integer, got {value!r}.")
-            if value < minimum:
-                raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-        for name, (rule, check) in _RANGES.items():
-            value = getattr(self, name)
-            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if not number or not check(value):
-                raise ValueError(f"{name} must be {rule}, got {value!r}.")
-        for name, choices in _CHOICES.items():
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}.")
-        targets = self.target_modules
-        if targets is not None and not (targets and all(isinstance(m, str) and m for m in targets)):
-            raise ValueError(
-                f"target_modules must be a non-empty list of module names (e.g. ['q_proj', 'v_proj']) or None, "
-                f"got {targets!r}."
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        targets = self.target_modules
-        return {**dataclasses.asdict(self), "target_modules": list(targets) if targets is not None else None}
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> RecoveryConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown RecoveryConfig fields {unknown}; known fields: {sorted(known)}.")
-        return cls(**values)
-
-
-@dataclass
-class RecoveryLog:
-    """What a recovery run did; written to `recovery_log.json` and attached to the model as `hywia_recovery_log`."""
-
-    config: dict[str, Any]
-    target_modules: list[str]
-    trainable_parameters: int
-    num_examples: int
-    data_format: str
-    steps: int
-    losses: list[float]
-    resumed_from_step: int
-    seconds: float
-    teacher: str | None = None
-
-    @property
-    def initial_loss(self) -> float | None:
-        window = self.losses[: max(1, min(10, len(self.losses) // 10))]
-        return sum(window) / len(window) if window else None
-
-    @property
-    def final_loss(self) -> float | None:
-        window = self.losses[-max(1, min(10, len(self.losses) // 10)) :]
-        return sum(window) / len(window) if window else None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "initial_loss": self.initial_loss, "final_loss": self.final_loss}
-
-
-def default_target_modules(model: PreTrainedModel) -> tuple[str, ...]:
-    """The projection names (leaf module names) of the model family's mapping table."""
-    spec = get_architecture(model.config)
-    return tuple(dict.fromkeys(projection.path.rsplit(".", 1)[-1] for projection in (*spec.attention, *spec.mlp)))
 
 
 def recover(
@@ -231,9 +64,9 @@ def recover(
     examples, data_format = build_examples(data, tokenizer, config)
     target_modules = (config.target_modules or default_target_modules(model)) if config.method == "lora" else ()
     _check_targets(model, target_modules)
-    fingerprint = _run_fingerprint(model, examples, config, target_modules, teacher)
+    fingerprint = run_fingerprint(model, examples, config, target_modules, teacher)
     run_dir = Path(output_dir) if output_dir is not None else None
-    checkpoint, state = _resume_point(run_dir, fingerprint) if run_dir is not None else (None, None)
+    checkpoint, state = resume_point(run_dir, fingerprint) if run_dir is not None else (None, None)
     resumed_from = state.global_step if state is not None else 0
 
     set_seed(config.seed)
@@ -345,46 +178,6 @@ class RecoveryTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def save_recovered_model(
-    model: PreTrainedModel,
-    tokenizer: Any,
-    pruned_checkpoint: str | os.PathLike,
-    save_directory: str | os.PathLike,
-    overwrite: bool = False,
-) -> Path:
-    """Save a recovered model as a HyWIA checkpoint like the one it came from, with an updated model card.
-
-    The pruning files of `pruned_checkpoint` (`hywia_config.json`, `hywia_report.json`, and `modeling_hywia.py` for
-    per-layer layouts) are carried over and the recovery log is added; the card keeps the base model and licence but
-    not the evaluation results (they describe the model before recovery). The folder is written next to its
-    destination and moved into place at the end; an existing non-empty one is replaced only with `overwrite=True`.
-    """
-    from .configuration import CONFIG_NAME
-    from .model_card import REPORT_NAME, source_from_card, write_model_card
-    from .modeling import MODELING_FILE
-
-    source = Path(pruned_checkpoint)
-    target = check_destination(save_directory, overwrite, "the recovered model")
-    if target == source.resolve():
-        raise ValueError(f"{target} is the pruned checkpoint itself; save the recovered model to another folder.")
-    with atomic_directory(target) as staging:
-        model.save_pretrained(staging)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        for name in (CONFIG_NAME, REPORT_NAME, os.path.basename(MODELING_FILE)):
-            if (source / name).is_file():
-                shutil.copyfile(source / name, staging / name)
-        log = getattr(model, "hywia_recovery_log", None)
-        if log is not None:
-            (staging / RECOVERY_LOG_NAME).write_text(json.dumps(log.to_dict(), indent=2) + "\n")
-        if (staging / REPORT_NAME).is_file():
-            write_model_card(staging, source_from_card(source / "README.md"), name=target.name)
-    return target
-
-
-# ------------------------------------------------------------------------------------------------------- training
-
-
 def _training_arguments(config: RecoveryConfig, directory: str, save: bool, device: torch.device) -> Any:
     checkpointing = config.gradient_checkpointing  # Trainer's also makes the embeddings' outputs require grads
     return TrainingArguments(
@@ -436,16 +229,6 @@ def _release(trained: Any, config: RecoveryConfig, was_training: bool, merge: bo
     if config.gradient_checkpointing:
         model.activation_checkpointing_disable()
     return model.train(was_training)
-
-
-class RunFingerprint(TrainerCallback, ExportableState):
-    """Hashes of what decides a run's result, stored by Trainer in every checkpoint's `trainer_state.json`."""
-
-    def __init__(self, fingerprint: dict[str, str]):
-        self.fingerprint = fingerprint
-
-    def state(self) -> dict[str, Any]:
-        return {"args": {"fingerprint": self.fingerprint}, "attributes": {}}
 
 
 class _Progress(ProgressCallback):
@@ -541,70 +324,3 @@ def _check_targets(model: PreTrainedModel, target_modules: Sequence[str]) -> Non
         raise ValueError(
             f"target_modules {missing} name no linear layer of this model; its linear layers are {sorted(names)}."
         )
-
-
-# ---------------------------------------------------------------------------------------------------- checkpoints
-
-
-def _run_fingerprint(model, examples, config, target_modules, teacher) -> dict[str, str]:
-    """Hashes of what decides a run's result: model shapes and weights, data, settings, and the teacher's weights."""
-
-    def weights(module: torch.nn.Module) -> tuple[str, str]:
-        shapes, values = hashlib.sha256(), hashlib.sha256()
-        for name, param in module.named_parameters():
-            shapes.update(f"{name}:{tuple(param.shape)}:{param.dtype};".encode())
-            flat = param.detach().flatten()
-            values.update(flat[:: max(1, flat.numel() // 64)][:64].float().cpu().numpy().tobytes())
-        return shapes.hexdigest(), values.hexdigest()
-
-    data = hashlib.sha256()
-    for ids, labels in examples:
-        data.update(ids.numpy().tobytes() + labels.numpy().tobytes())
-    settings = {k: v for k, v in config.to_dict().items() if k not in _RESUME_FREE_FIELDS}
-    settings = json.dumps({**settings, "target_modules": list(target_modules)}, sort_keys=True)
-    result = dict(zip(("model_shapes", "model_weights"), weights(model)))
-    result.update(data=data.hexdigest(), config=hashlib.sha256(settings.encode()).hexdigest())
-    if teacher is not None:
-        result["teacher"] = hashlib.sha256("".join(weights(teacher)).encode()).hexdigest()
-    return result
-
-
-def _resume_point(run_dir: Path, fingerprint: dict[str, str]) -> tuple[str | None, TrainerState | None]:
-    """The newest checkpoint of `run_dir` with a complete trainer state (Trainer writes it last), and that state.
-
-    It must hold this run's fingerprint. Every other `checkpoint-*` folder (one a kill left half-written, or an older
-    one a kill spared from rotation) is deleted, so no leftover outlives the next run.
-    """
-    states = {}
-    for folder in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        try:
-            states[folder] = TrainerState.load_from_json(str(folder / TRAINER_STATE_NAME))
-        except (OSError, ValueError, TypeError):  # a kill left it incomplete
-            continue
-    newest = max(states, key=lambda folder: states[folder].global_step, default=None)
-    if newest is not None:
-        saved = states[newest].stateful_callbacks.get(RunFingerprint.__name__, {}).get("args", {})
-        changed = [key for key, value in fingerprint.items() if saved.get("fingerprint", {}).get(key) != value]
-        if changed:
-            raise ValueError(
-                f"{newest} holds a recovery checkpoint of a different run (changed: {', '.join(changed)}); pass "
-                f"another output_dir, or delete {run_dir} to start over."
-            )
-    for folder in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
-        if folder != newest and folder.is_dir():
-            logger.warning(f"HyWIA recovery: removing {folder}, left incomplete or superseded by an interrupted run.")
-            shutil.rmtree(folder, ignore_errors=True)
-    return (str(newest), states[newest]) if newest is not None else (None, None)
-
-
-__all__ = [
-    "RecoveryConfig",
-    "RecoveryLog",
-    "RecoveryTrainer",
-    "build_examples",
-    "default_target_modules",
-    "distillation_loss",
-    "load_records",
-    "recover",
-    "save_recovered_model",
-]
