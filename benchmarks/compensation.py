@@ -47,6 +47,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "compensation"
 MODELS = cache_root() / "benchmarks" / "compensation"  # the saved pruned models (outside the repository)
 TEXTS = ("wikipedia", "novels", "news")
+NUM_LAYERS = 30  # SmolLM2-135M's decoder layers
+LEGACY_LAYERS = {"per_layer": "3-28", "uniform": "0-30"}  # the default layer ranges before 2026-12-05
 BEGIN, END = "<!-- table: benchmarks/compensation.py --report -->", "<!-- end of table -->"
 
 
@@ -67,11 +69,31 @@ def calibration_texts(name: str) -> list[str]:
     raise ValueError(f"unknown calibration {name!r}")
 
 
+def layer_range(args, layout: str, num_layers: int = NUM_LAYERS) -> tuple[int, int]:
+    """The `[start, end)` layers a run prunes: `--layers`, or the library default for the layout."""
+    if args.layers:
+        return tuple(args.layers)
+    return HyWIAConfig(layout=layout).resolve_layer_range(num_layers)
+
+
+def layers_of(record: dict) -> str:
+    """A record's pruned layers as `start-end`; records from before the field was kept used the then default."""
+    return record.get("layers") or LEGACY_LAYERS[record["layout"]]
+
+
+def run_label(record: dict) -> str:
+    """`method:reconstruction`, with the pruned layers where they are not the legacy default."""
+    layers = "" if layers_of(record) == LEGACY_LAYERS[record["layout"]] else f" (layers {layers_of(record)})"
+    return f"{record['method']}:{record['reconstruction']}{layers}"
+
+
 def run_key(method: str, reconstruction: str, ratio: float, layout: str, seed: int, args) -> str:
     if method == "dense":
         return "dense"
     calibration = f"{args.calibration}{args.samples}x{args.sequence_length}"
-    return f"{method}-{reconstruction}-{layout}-r{ratio:g}-s{seed}-{calibration}"
+    start, end = layer_range(args, layout)
+    layers = "" if f"{start}-{end}" == LEGACY_LAYERS[layout] else f"-layers{start}-{end}"
+    return f"{method}-{reconstruction}-{layout}-r{ratio:g}-s{seed}-{calibration}{layers}"
 
 
 def run_one(args, dense, tokenizer, method: str, reconstruction: str, ratio: float, layout: str, seed: int) -> dict:
@@ -85,6 +107,7 @@ def run_one(args, dense, tokenizer, method: str, reconstruction: str, ratio: flo
         "calibration": args.calibration,
         "samples": args.samples,
         "sequence_length": args.sequence_length,
+        "layers": "-".join(map(str, layer_range(args, layout))),
     }
     start = time.perf_counter()
     if method != "dense":
@@ -98,6 +121,7 @@ def run_one(args, dense, tokenizer, method: str, reconstruction: str, ratio: flo
             reconstruction=reconstruction,
             num_calibration_samples=args.samples,
             calibration_sequence_length=args.sequence_length,
+            layer_range=layer_range(args, layout),
         )
         pruner = HyWIAPruner(model, config, tokenizer)
         pruner.prune(calibration_data=calibration_texts(args.calibration), show_progress=False)
@@ -187,12 +211,13 @@ def _add_accuracy(args, record: dict, path: Path, key: str, dense, tokenizer) ->
 
 
 def summarise(records: list[dict]) -> list[dict]:
-    """One row per (ratio, layout, calibration, method, reconstruction): mean and sample std over seeds."""
+    """One row per (ratio, layout, layers, calibration, method, reconstruction): mean and sample std over seeds."""
     groups: dict[tuple, list[dict]] = {}
     for record in records:
         key = (
             record["ratio"] if record["method"] != "dense" else 0.0,
             record["layout"] if record["method"] != "dense" else "-",
+            layers_of(record) if record["method"] != "dense" else "-",
             f"{record['calibration']} {record['samples']}x{record['sequence_length']}"
             if record["method"] != "dense"
             else "-",
@@ -203,7 +228,7 @@ def summarise(records: list[dict]) -> list[dict]:
     rows = []
     for key in sorted(groups):
         runs = sorted(groups[key], key=lambda r: r["seed"])
-        row = dict(zip(("ratio", "layout", "calibration", "method", "reconstruction"), key))
+        row = dict(zip(("ratio", "layout", "layers", "calibration", "method", "reconstruction"), key))
         row["seeds"] = [r["seed"] for r in runs]
         for text in TEXTS:
             values = [r["ppl"][text] for r in runs]
@@ -216,17 +241,17 @@ def summarise(records: list[dict]) -> list[dict]:
 
 def _markdown(rows: list[dict]) -> str:
     lines = [
-        "| ratio | layout | calibration | method | reconstruction | seeds | params | "
+        "| ratio | layout | layers | calibration | method | reconstruction | seeds | params | "
         + " | ".join(f"{name} PPL" for name in TEXTS)
         + " | prune s |",
-        "|---|---|---|---|---|---|---|" + "---|" * len(TEXTS) + "---|",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(TEXTS) + "---|",
     ]
     for row in rows:
         several = len(row["seeds"]) > 1
         ppl = " | ".join(f"{row[t][0]:.1f}" + (f" ± {row[t][1]:.1f}" if several else "") for t in TEXTS)
         seeds = ",".join(map(str, row["seeds"]))
         lines.append(
-            f"| {row['ratio']:.0%} | {row['layout']} | {row['calibration']} | {row['method']} | "
+            f"| {row['ratio']:.0%} | {row['layout']} | {row['layers']} | {row['calibration']} | {row['method']} | "
             f"{row['reconstruction']} | {seeds} | {row['params'] / 1e6:.1f}M | {ppl} | {row['prune_seconds']:.0f} |"
         )
     return "\n".join(lines) + "\n"
@@ -243,7 +268,11 @@ def _plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(ratios), figsize=(7 * len(ratios), 5), squeeze=False)
     for axis, ratio in zip(axes[0], ratios):
         subset = [row for row in rows if row["ratio"] == ratio and row["layout"] == "per_layer"]
-        names = [f"{row['method']}\n{row['reconstruction']}" for row in subset]
+        names = [
+            f"{row['method']}\n{row['reconstruction']}"
+            + (f"\nlayers {row['layers']}" if row["layers"] != LEGACY_LAYERS["per_layer"] else "")
+            for row in subset
+        ]
         width = 0.8 / len(TEXTS)
         for offset, text in enumerate(TEXTS):
             positions = [i + offset * width for i in range(len(subset))]
@@ -278,7 +307,7 @@ def paired_accuracy(records: list[dict], baseline: str = "flap") -> list[dict]:
                     "ratio": ours["ratio"],
                     "layout": ours["layout"],
                     "seed": ours["seed"],
-                    "run": f"{ours['method']}:{ours['reconstruction']}",
+                    "run": run_label(ours),
                     "baseline": f"{theirs['method']}:{theirs['reconstruction']}",
                     **paired_difference([pair]),
                 }
@@ -347,6 +376,9 @@ def main() -> None:
     parser.add_argument("--calibration", default="mix", choices=["mix", "novels"])
     parser.add_argument("--samples", type=int, default=128)
     parser.add_argument("--sequence-length", type=int, default=128)
+    parser.add_argument(
+        "--layers", nargs=2, type=int, metavar=("START", "END"), help="decoder layers to prune (default: the library's)"
+    )
     parser.add_argument("--eval-windows", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--results", default=str(RESULTS))

@@ -61,12 +61,13 @@ class HyWIAConfig:
             `hywia_config.json` records the one used.
         group_kinds: which prunable groups to remove: `"attention"` (KV-head groups) and/or `"mlp"` (channels).
         layer_range: `[start, end)` decoder layers to prune. `None`: every layer for the `uniform` layout (so that
-            all layers share one width and the vanilla config describes them); for `per_layer`, the first `n // 8`
-            and the last `round(n / 16)` layers are kept whole (LLM-Pruner keeps layers 0-3 and 30-31 of LLaMA-7B).
+            all layers share one width and the vanilla config describes them) and for `per_layer`, whose global
+            ranking decides how much each layer loses (keeping the first and last layers whole, as LLM-Pruner does,
+            was worse with compensation at 50%: docs/method.md §6).
         layout: `"uniform"` (the same widths in every pruned layer; loads with vanilla transformers) or
             `"per_layer"` (one global ranking; widths differ per layer; loads with `trust_remote_code=True`).
         num_calibration_samples: calibration windows used for gradients and fusion training (or activations).
-            `None` (default): 32 windows of text; rows of token ids (a 2-D tensor, equal-length id lists, a dataset
+            `None` (default): 128 windows of text; rows of token ids (a 2-D tensor, equal-length id lists, a dataset
             of `input_ids`) are samples already and are all used as given.
         calibration_sequence_length: tokens per calibration window. `None` (default): 128 for text; token-id rows
             keep their own length.
@@ -238,10 +239,7 @@ class HyWIAConfig:
     def resolve_layer_range(self, num_layers: int) -> tuple[int, int]:
         """The `[start, end)` layers to prune for a model with `num_layers` decoder layers."""
         if self.layer_range is None:
-            if self.layout == "uniform":
-                return 0, num_layers
-            start, end = num_layers // 8, num_layers - round(num_layers / 16)
-            return (start, end) if start < end else (0, num_layers)
+            return 0, num_layers
         start, end = self.layer_range
         if end > num_layers:
             raise ValueError(

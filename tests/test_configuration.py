@@ -79,10 +79,9 @@ def test_fine_estimators_accept_a_name_and_older_files_with_one_fine_estimator()
     assert HyWIAConfig.from_dict(legacy).fine_estimators == ("element1",)
 
 
-def test_default_layer_range_depends_on_layout():
+def test_default_layer_range_is_every_layer_in_both_layouts():
     assert HyWIAConfig(layout="uniform").resolve_layer_range(30) == (0, 30)
-    assert HyWIAConfig(layout="per_layer").resolve_layer_range(32) == (4, 30)  # LLM-Pruner's LLaMA-7B setting
-    assert HyWIAConfig(layout="per_layer").resolve_layer_range(30) == (3, 28)
-    assert HyWIAConfig(layout="per_layer").resolve_layer_range(4) == (0, 4)
+    assert HyWIAConfig(layout="per_layer").resolve_layer_range(30) == (0, 30)  # the global ranking decides
+    assert HyWIAConfig(layout="per_layer", layer_range=(3, 28)).resolve_layer_range(30) == (3, 28)
     with pytest.raises(ValueError, match="goes past the model's 30 decoder layers"):
         HyWIAConfig(layer_range=(0, 40)).resolve_layer_range(30)

@@ -136,13 +136,16 @@ def test_report_records_the_learned_blend_and_per_layer_widths(token_batch):
     assert set(report.seconds) >= {"gradients", "fusion", "surgery", "total"}
 
 
-def test_default_layer_range_keeps_first_and_last_layers_for_per_layer(token_batch):
+@pytest.mark.parametrize("layer_range", [None, (2, 15)])
+def test_per_layer_prunes_every_layer_by_default_and_keeps_those_outside_a_given_range(token_batch, layer_range):
     model = make_tiny_model("llama-gqa", num_hidden_layers=16)
-    pruner = HyWIAPruner(model, tiny_config(pruning_ratio=0.2, layout="per_layer", importance="l2"))
+    config = tiny_config(pruning_ratio=0.2, layout="per_layer", importance="l2", layer_range=layer_range)
+    pruner = HyWIAPruner(model, config)
     pruner.prune(show_progress=False)
-    assert pruner.report.pruned_layers == list(range(2, 15))
-    assert pruner.report.layers[0]["after"] == pruner.report.layers[0]["before"]
-    assert pruner.report.layers[15]["after"] == pruner.report.layers[15]["before"]
+    start, end = layer_range or (0, 16)
+    assert pruner.report.pruned_layers == list(range(start, end))
+    for layer in pruner.report.layers[:start] + pruner.report.layers[end:]:
+        assert layer["after"] == layer["before"]
 
 
 def test_prune_needs_calibration_data_for_gradient_methods():
