@@ -81,9 +81,15 @@ def layers_of(record: dict) -> str:
     return record.get("layers") or LEGACY_LAYERS[record["layout"]]
 
 
+def layers_suffix(layers: str, layout: str, template: str) -> str:
+    """`template` filled with `layers` (`start-end`), or nothing for the legacy default range of `layout` (whose keys,
+    labels and plots predate the field)."""
+    return "" if layers == LEGACY_LAYERS[layout] else template.format(layers)
+
+
 def run_label(record: dict) -> str:
     """`method:reconstruction`, with the pruned layers where they are not the legacy default."""
-    layers = "" if layers_of(record) == LEGACY_LAYERS[record["layout"]] else f" (layers {layers_of(record)})"
+    layers = layers_suffix(layers_of(record), record["layout"], " (layers {})")
     return f"{record['method']}:{record['reconstruction']}{layers}"
 
 
@@ -92,8 +98,14 @@ def run_key(method: str, reconstruction: str, ratio: float, layout: str, seed: i
         return "dense"
     calibration = f"{args.calibration}{args.samples}x{args.sequence_length}"
     start, end = layer_range(args, layout)
-    layers = "" if f"{start}-{end}" == LEGACY_LAYERS[layout] else f"-layers{start}-{end}"
+    layers = layers_suffix(f"{start}-{end}", layout, "-layers{}")
     return f"{method}-{reconstruction}-{layout}-r{ratio:g}-s{seed}-{calibration}{layers}"
+
+
+def with_drift(reconstruction: str, drift: float) -> str:
+    """The run's reconstruction label: least squares with drift correction is `least_squares+drift<β>` (records
+    before the option existed, and `--drift 0`, are plain `least_squares`)."""
+    return f"{reconstruction}+drift{drift:g}" if reconstruction == "least_squares" and drift else reconstruction
 
 
 def run_one(args, dense, tokenizer, method: str, reconstruction: str, ratio: float, layout: str, seed: int) -> dict:
@@ -118,7 +130,8 @@ def run_one(args, dense, tokenizer, method: str, reconstruction: str, ratio: flo
             seed=seed,
             importance=importance,
             selection_candidates=tuple(candidates.split("+")) if candidates else (),
-            reconstruction=reconstruction,
+            reconstruction=reconstruction.partition("+")[0],
+            reconstruction_drift=args.drift,
             num_calibration_samples=args.samples,
             calibration_sequence_length=args.sequence_length,
             layer_range=layer_range(args, layout),
@@ -168,7 +181,7 @@ def run_matrix(args: argparse.Namespace) -> None:
             for layout in args.layouts:
                 for run in args.runs:
                     method, _, reconstruction = run.partition(":")
-                    reconstruction = reconstruction or "none"
+                    reconstruction = with_drift(reconstruction or "none", args.drift)
                     key = run_key(method, reconstruction, ratio, layout, seed, args)
                     path = results / f"{key}.json"
                     if path.exists():
@@ -269,8 +282,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     for axis, ratio in zip(axes[0], ratios):
         subset = [row for row in rows if row["ratio"] == ratio and row["layout"] == "per_layer"]
         names = [
-            f"{row['method']}\n{row['reconstruction']}"
-            + (f"\nlayers {row['layers']}" if row["layers"] != LEGACY_LAYERS["per_layer"] else "")
+            f"{row['method']}\n{row['reconstruction']}" + layers_suffix(row["layers"], "per_layer", "\nlayers {}")
             for row in subset
         ]
         width = 0.8 / len(TEXTS)
@@ -378,6 +390,12 @@ def main() -> None:
     parser.add_argument("--sequence-length", type=int, default=128)
     parser.add_argument(
         "--layers", nargs=2, type=int, metavar=("START", "END"), help="decoder layers to prune (default: the library's)"
+    )
+    parser.add_argument(
+        "--drift",
+        type=float,
+        default=HyWIAConfig().reconstruction_drift,
+        help="reconstruction_drift of least-squares runs (default: the library's)",
     )
     parser.add_argument("--eval-windows", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0)

@@ -2,7 +2,8 @@
 
 Prunes SmolLM2-135M-Instruct with one selection (`--importance`, default element2: the selection HyWIA's shipped
 compensated choice keeps on every measured run), `per_layer`, once per variant of the defaults below (base: 128 ×
-128 calibration tokens, least-squares compensation, the default layer range), and scores each pruned model by
+128 calibration tokens, least-squares compensation, layers 3..27, no drift correction: the library's defaults when
+the sweep began), and scores each pruned model by
 perplexity on 10 × 512-token development windows per domain that no reported result reads
 (`ranking_compensated.development_texts`: Wikipedia and news right after the reported windows, LAMBADA passages of
 the second half outside the held-out 500). Calibration: the offline mix (`calibration_mix`), seed = `--seed`.
@@ -31,7 +32,15 @@ from optimum_hywia import HyWIAConfig, HyWIAPruner
 from optimum_hywia.data.models import SMOLLM2_HUB_ID, model_source
 
 RESULTS = Path(__file__).resolve().parent / "results" / "defaults_sweep.json"
-BASE = {"num_calibration_samples": 128, "calibration_sequence_length": 128, "reconstruction": "least_squares"}
+# the library defaults when the sweep began (layers 3..27, no drift correction): every variant states its changes
+BASE = {
+    "num_calibration_samples": 128,
+    "calibration_sequence_length": 128,
+    "reconstruction": "least_squares",
+    "layer_range": (3, 28),
+    "reconstruction_drift": 0.0,
+}
+EVERY_LAYER = {"layer_range": (0, 30)}  # SmolLM2-135M's 30 decoder layers
 VARIANTS: dict[str, dict] = {
     "base": {},
     "samples32": {"num_calibration_samples": 32},
@@ -40,11 +49,13 @@ VARIANTS: dict[str, dict] = {
     "length256": {"calibration_sequence_length": 256},
     "ridge0.001": {"reconstruction_ridge": 0.001},
     "ridge0.1": {"reconstruction_ridge": 0.1},
-    "layers-all": {"layer_range": (0, 30)},
+    "layers-all": EVERY_LAYER,
     "layers-1-29": {"layer_range": (1, 29)},
-    "samples256-layers-all": {"num_calibration_samples": 256, "layer_range": (0, 30)},
+    "samples256-layers-all": {"num_calibration_samples": 256, **EVERY_LAYER},
     "none": {"reconstruction": "none"},
-    "none-layers-all": {"reconstruction": "none", "layer_range": (0, 30)},
+    "none-layers-all": {"reconstruction": "none", **EVERY_LAYER},
+    **{f"layers-all-drift{beta:g}": {**EVERY_LAYER, "reconstruction_drift": beta} for beta in (0.1, 0.25, 0.5, 1.0)},
+    "samples256-layers-all-drift0.25": {"num_calibration_samples": 256, **EVERY_LAYER, "reconstruction_drift": 0.25},
 }
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -45,9 +46,19 @@ WORK = ROOT / "outputs" / "recovery_curves"
 EVAL_LENGTH = 512
 
 
-def recovery_texts() -> list[str]:
+def recovery_texts(source: str = "novels") -> list[str]:
+    """`novels`: the second half of the LAMBADA passages without the held-out ones; `mix`: those interleaved with the
+    articles of the second half of the Wikipedia dump (evaluation reads the first)."""
     passages = lambada_texts()
-    return passages[len(passages) // 2 : len(passages) - HELDOUT_LAMBADA]
+    novels = passages[len(passages) // 2 : len(passages) - HELDOUT_LAMBADA]
+    if source == "novels":
+        return novels
+    articles = wikipedia_texts()
+    articles = articles[len(articles) // 2 :]
+    mixed = []
+    for index in range(max(len(novels), len(articles))):
+        mixed.extend(texts[index] for texts in (novels, articles) if index < len(texts))
+    return mixed
 
 
 def evaluation_ids(tokenizer: Any, args) -> dict[str, torch.Tensor]:
@@ -127,12 +138,14 @@ class Curve(TrainerCallback):
 def pruned_model(args, dense, tokenizer, ratio: float, streams) -> tuple[Path, dict[str, Any]]:
     """The pruned checkpoint of `ratio` and what pruning it took, cached under --work (with its scores for each
     number of evaluation windows)."""
-    folder = Path(args.work) / f"pruned-per_layer-r{ratio:g}-s{args.seed}"
+    config = HyWIAConfig(pruning_ratio=ratio, layout="per_layer", seed=args.seed)
+    # the shipped defaults change over time: a pruned model is cached per configuration
+    fingerprint = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    folder = Path(args.work) / f"pruned-per_layer-r{ratio:g}-s{args.seed}-{fingerprint}"
     info_path = folder / "benchmark_info.json"
     if info_path.is_file():
         info = json.loads(info_path.read_text())
     else:
-        config = HyWIAConfig(pruning_ratio=ratio, layout="per_layer", seed=args.seed)
         pruner = HyWIAPruner(copy.deepcopy(dense), config, tokenizer)
         start = time.process_time()
         pruner.prune(calibration_data=calibration_mix(), show_progress=False)
@@ -157,7 +170,18 @@ def pruned_model(args, dense, tokenizer, ratio: float, streams) -> tuple[Path, d
 def run_key(objective: str, ratio: float, args) -> str:
     shape = f"{args.steps}x{args.batch_size}x{args.sequence_length}"
     method = "" if args.method == "lora" else f"-{args.method}"  # LoRA runs keep their first keys
-    return f"{objective}{method}-per_layer-r{ratio:g}-s{args.seed}-{shape}-lr{args.learning_rate:g}-{windows_tag(args)}"
+    recipe = "".join(
+        f"-{tag}{value:g}" if isinstance(value, float) else f"-{tag}{value}"
+        for tag, value, default in (
+            ("sched", args.lr_scheduler, "linear"),
+            ("warmup", args.warmup_steps, 0),
+            ("dw", args.distillation_weight if objective == "distillation" else 1.0, 1.0),
+            ("data", args.recovery_text, "novels"),
+        )
+        if value != default
+    )
+    shape = f"{shape}-lr{args.learning_rate:g}{recipe}"
+    return f"{objective}{method}-per_layer-r{ratio:g}-s{args.seed}-{shape}-{windows_tag(args)}"
 
 
 def run_curve(args, dense, tokenizer, ratio: float, objective: str, streams) -> None:
@@ -174,6 +198,9 @@ def run_curve(args, dense, tokenizer, ratio: float, objective: str, streams) -> 
         batch_size=args.batch_size,
         sequence_length=args.sequence_length,
         learning_rate=args.learning_rate,
+        lr_scheduler=args.lr_scheduler,
+        warmup_steps=args.warmup_steps,
+        distillation_weight=args.distillation_weight if objective == "distillation" else 1.0,
         save_steps=args.eval_every,
         seed=args.seed,
     )
@@ -184,6 +211,7 @@ def run_curve(args, dense, tokenizer, ratio: float, objective: str, streams) -> 
             "layout": "per_layer",
             "seed": args.seed,
             "recovery": config.to_dict(),
+            "recovery_text": args.recovery_text,
             "eval_windows": {"wikipedia": args.eval_windows, "lambada_heldout": args.lambada_windows},
             "pruned": pruned,
             "eval_cpu_minutes": 0.0,
@@ -196,7 +224,7 @@ def run_curve(args, dense, tokenizer, ratio: float, objective: str, streams) -> 
     model = recover(
         load_pruned_model(folder),
         tokenizer,
-        recovery_texts(),
+        recovery_texts(args.recovery_text),
         config,
         output_dir=Path(args.work) / key,
         teacher=teacher,
@@ -225,15 +253,26 @@ def report(args) -> None:
 
     def recipe(record: dict[str, Any]) -> tuple:  # runs that differ only in the objective are compared
         recovery = record["recovery"]
-        return record["ratio"], recovery.get("method", "lora"), recovery["max_steps"], recovery["learning_rate"]
+        return (
+            record["ratio"],
+            recovery.get("method", "lora"),
+            recovery["max_steps"],
+            recovery["learning_rate"],
+            recovery.get("lr_scheduler", "linear"),
+            record.get("recovery_text", "novels"),
+            json.dumps(record["pruned"].get("config"), sort_keys=True),  # the same starting model
+        )
 
     for key in sorted({recipe(record) for record in records}):
         same = [record for record in records if recipe(record) == key and len(record["points"]) > 1]
         if len(same) < 2:
             continue
         budget = min(record["points"][-1]["train_cpu_minutes"] for record in same)
-        ratio, method, steps, rate = key
-        print(f"ratio {ratio:g}, {method}, {steps} steps, lr {rate:g}: equal training CPU time ({budget:.2f} min):")
+        ratio, method, steps, rate, schedule, text, _ = key
+        print(
+            f"ratio {ratio:g}, {method}, {steps} steps, lr {rate:g} {schedule}, {text} text: "
+            f"equal training CPU time ({budget:.2f} min):"
+        )
         for record in same:
             ppl = "  ".join(f"{name} {value:8.2f}" for name, value in at_cpu_minutes(record["points"], budget).items())
             print(f"  {label(record):<24} {ppl}")
@@ -242,8 +281,12 @@ def report(args) -> None:
 
 
 def label(record: dict[str, Any]) -> str:
-    method = record["recovery"].get("method", "lora")
-    return f"{record['objective']}, {'LoRA' if method == 'lora' else 'full fine-tuning'}"
+    recovery = record["recovery"]
+    objective = record["objective"]
+    if objective == "distillation" and recovery.get("distillation_weight", 1.0) != 1.0:
+        objective = f"{recovery['distillation_weight']:g} distillation + LM"
+    method = "LoRA" if recovery.get("method", "lora") == "lora" else "full fine-tuning"
+    return f"{objective}, {method}, {record.get('recovery_text', 'novels')} text"
 
 
 def at_cpu_minutes(points: list[dict[str, Any]], minutes: float) -> dict[str, float]:
@@ -294,6 +337,10 @@ def main() -> None:
     parser.add_argument("--sequence-length", type=int, default=256)
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--method", default="lora", choices=["lora", "full"], help="LoRA adapters, or every weight")
+    parser.add_argument("--lr-scheduler", default="linear", choices=["linear", "constant", "cosine"])
+    parser.add_argument("--warmup-steps", type=int, default=0)
+    parser.add_argument("--distillation-weight", type=float, default=1.0, help="w in w * KL + (1 - w) * LM")
+    parser.add_argument("--recovery-text", default="novels", choices=["novels", "mix"], help="see recovery_texts")
     parser.add_argument("--eval-windows", type=int, default=20, help="512-token Wikipedia windows")
     parser.add_argument("--lambada-windows", type=int, default=10, help="512-token windows of held-out LAMBADA")
     parser.add_argument("--until-step", type=int, default=0, help="stop every run at this step (resume later)")

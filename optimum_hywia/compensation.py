@@ -18,6 +18,12 @@ inputs depend on the pruned attention): run the layer with this kind still whole
 and the token count (float32 products per micro-batch, summed in float64; all-reduced across data-parallel ranks);
 slice the kind's groups; refit. The pruned layer then produces the next layer's inputs. Memory: the hidden states of
 the calibration tokens and one layer's statistics; cost: about three forward passes over the calibration data.
+
+Drift correction (`reconstruction_drift` = β > 0, least squares only): the same tokens also run through the dense
+layers (`DenseStream`, one more forward pass), and the target becomes `X Wᵀ + β · (r_dense − r)`, with `r` the
+residual stream right after the projection's output joins it (`ArchitectureSpec.residual_points`), on the pruned
+model with this kind whole and on the dense model: each refit takes back a share of the drift that the layers pruned
+so far left in the residual stream. Extra memory: the dense hidden states and the stream at one layer's points.
 """
 
 from __future__ import annotations
@@ -46,11 +52,15 @@ __all__ = ["RECONSTRUCTIONS", "InputStatistics", "check_reconstruction", "refit"
 
 @dataclass
 class InputStatistics:
-    """Sufficient statistics of one projection's inputs: `gram = XᵀX` (float64, or None), column sums, token count."""
+    """Sufficient statistics of one projection's inputs: `gram = XᵀX` (float64, or None), column sums, token count;
+    with `reconstruction_drift`, also `drift_cross = XᵀD` and `drift_sums = Σ D`, where `D` is the residual stream's
+    drift from the dense model on the same tokens (`[tokens, out]`)."""
 
     sums: torch.Tensor
     gram: torch.Tensor | None
     count: int = 0
+    drift_cross: torch.Tensor | None = None
+    drift_sums: torch.Tensor | None = None
 
     def add(self, inputs: torch.Tensor) -> None:
         rows = inputs.detach().reshape(-1, inputs.shape[-1]).float()
@@ -59,6 +69,15 @@ class InputStatistics:
             self.gram += (rows.T @ rows).double().to(self.gram.device)
         self.count += rows.shape[0]
 
+    def add_drift(self, inputs: torch.Tensor, drift: torch.Tensor) -> None:
+        rows = inputs.detach().reshape(-1, inputs.shape[-1]).float()
+        drift = drift.detach().reshape(-1, drift.shape[-1]).float()
+        if self.drift_cross is None:
+            self.drift_cross = self.sums.new_zeros(rows.shape[1], drift.shape[1])
+            self.drift_sums = self.sums.new_zeros(drift.shape[1])
+        self.drift_cross += (rows.T @ drift).double().to(self.sums.device)
+        self.drift_sums += drift.sum(0).double().to(self.sums.device)
+
     def all_reduce(self) -> None:
         from .distributed import _collective_device, distributed_world
 
@@ -66,15 +85,17 @@ class InputStatistics:
             return
         import torch.distributed as dist
 
-        parts = [self.sums.flatten()] + ([self.gram.flatten()] if self.gram is not None else [])
-        flat = torch.cat([torch.tensor([float(self.count)], dtype=torch.float64, device=self.sums.device), *parts])
-        flat = flat.to(_collective_device())
+        # every rank holds every part (a rank without tokens still sums zeros), in the same order
+        parts = [part for part in (self.sums, self.gram, self.drift_cross, self.drift_sums) if part is not None]
+        count = torch.tensor([float(self.count)], dtype=torch.float64, device=self.sums.device)
+        flat = torch.cat([count, *(part.flatten() for part in parts)]).to(_collective_device())
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat = flat.to(self.sums.device)
         self.count = int(round(float(flat[0])))
-        self.sums.copy_(flat[1 : 1 + self.sums.numel()])
-        if self.gram is not None:
-            self.gram.copy_(flat[1 + self.sums.numel() :].view_as(self.gram))
+        offset = 1
+        for part in parts:
+            part.copy_(flat[offset : offset + part.numel()].view_as(part))
+            offset += part.numel()
 
 
 def dense_weight(projection: BoundProjection) -> torch.Tensor:
@@ -91,11 +112,13 @@ def refit(
     reconstruction: str,
     ridge: float,
     fit_bias: bool,
+    drift: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The compensated `[out, |kept|]` weight and bias of a projection whose input columns `kept` stay.
 
     `weight` `[out, in]` and `bias` are the whole projection's; `fit_bias`: the result carries a bias (the module
-    has one, or the family can switch one on). Solved in float64; returned in `weight`'s dtype.
+    has one, or the family can switch one on); `drift`: the share of the statistics' residual drift the least-squares
+    target adds (`X Wᵀ + b + drift · D`). Solved in float64; returned in `weight`'s dtype.
     """
     dtype = weight.dtype
     w = weight.double().to(statistics.sums.device)
@@ -118,6 +141,9 @@ def refit(
         gram_kept = gram[kept][:, kept]
         damping = ridge * gram.diagonal().mean().clamp_min(1e-12)  # as the OBS damping of the whole H
         target = gram[kept] @ w.T + damping * w[:, kept].T  # X_Sᵀ X Wᵀ; the ridge pulls toward W_S
+        drifted = drift > 0 and statistics.drift_cross is not None
+        if drifted:
+            target = target + drift * statistics.drift_cross[kept]  # X_Sᵀ (X Wᵀ + β D)
         size = len(kept)
         if fit_bias:
             sums_kept = statistics.sums[kept]
@@ -126,7 +152,8 @@ def refit(
             system[:size, size] = system[size, :size] = sums_kept
             system[size, size] = count
             system[:size, :size].diagonal().add_(damping)
-            rhs = torch.cat([target + sums_kept[:, None] * b, (statistics.sums @ w.T + count * b)[None]])
+            total = statistics.sums @ w.T + count * b + (drift * statistics.drift_sums if drifted else 0)
+            rhs = torch.cat([target + sums_kept[:, None] * b, total[None]])
             solution = _solve(system, rhs)
             new_weight, new_bias = solution[:size].T, solution[size]
         else:
@@ -296,16 +323,91 @@ class LayerwiseRunner:
         return torch.autocast(self.device.type, dtype=self.autocast) if self.autocast else nullcontext()
 
     @torch.no_grad()
-    def run(self, index: int, keep_outputs: bool) -> None:
-        """Run layer `index` on the current hidden states; with `keep_outputs`, they become its outputs."""
+    def outputs(self, index: int, hidden: list[torch.Tensor], keep: bool = True) -> list[torch.Tensor]:
+        """Run layer `index` on `hidden` (one tensor per chunk); its outputs, or nothing without `keep`."""
         outputs = []
         with self._autocast():
-            for hidden, (rest, kwargs) in zip(self.hidden, self.calls[index]):
-                output = _first_output(self.layers[index](hidden, *rest, **kwargs))
-                if keep_outputs:
+            for states, (rest, kwargs) in zip(hidden, self.calls[index]):
+                output = _first_output(self.layers[index](states, *rest, **kwargs))
+                if keep:
                     outputs.append(output.detach())
+        return outputs
+
+    def run(self, index: int, keep_outputs: bool) -> None:
+        """Run layer `index` on the current hidden states; with `keep_outputs`, they become its outputs."""
+        outputs = self.outputs(index, self.hidden, keep_outputs)
         if keep_outputs:
             self.hidden = outputs
+
+
+def residual_hook(layer: nn.Module, path: str, callback):
+    """Call `callback(stream)` with the residual stream at `path` of a decoder layer at every call of the layer: the
+    input of the module at `path`, or the layer's output for `""` (`ArchitectureSpec.residual_points`)."""
+    if not path:
+        return layer.register_forward_hook(lambda module, args, output: callback(_first_output(output)))
+
+    def pre_hook(module, args, kwargs):
+        callback(args[0] if args else kwargs["hidden_states"])
+
+    return layer.get_submodule(path).register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+
+class DenseStream:
+    """The dense model's hidden states on the calibration chunks, beside the pruned model's, and its residual stream
+    at the points of the kinds pruned in the current layer (`reconstruction_drift`)."""
+
+    def __init__(self, runner: LayerwiseRunner, points: dict[str, str]):
+        self.runner, self.points = runner, points
+        self.hidden: list[torch.Tensor] | None = None  # None: still equal to the pruned model's
+        self.at: dict[str, list[torch.Tensor]] = {}
+
+    def advance(self, index: int, kinds: set[str]) -> None:
+        """Run the still-dense layer `index`, whose `kinds` are about to be pruned, recording the stream at their
+        points; then step past it."""
+        self.at = {kind: [] for kind in kinds if kind in self.points}
+        if not kinds and self.hidden is None:
+            return  # nothing pruned up to here: the pruned model's states are still the dense ones
+        layer = self.runner.layers[index]
+        handles = [
+            residual_hook(layer, self.points[kind], lambda stream, kept=kept: kept.append(stream.detach().clone()))
+            for kind, kept in self.at.items()
+        ]
+        try:
+            self.hidden = self.runner.outputs(index, self.runner.hidden if self.hidden is None else self.hidden)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def drift_hooks(
+        self, layer: nn.Module, kind: str, inputs: list[tuple[int, BoundProjection]], statistics: dict
+    ) -> list:
+        """Hooks that add `XᵀD` to the statistics of the kind's input-sliced projections while the pruned layer runs:
+        each projection's inputs are held until the residual point, where `D` = dense − pruned stream of the same
+        chunk. Returns the handles (none when the kind has no residual point)."""
+        if kind not in self.at:
+            return []
+        held: dict[int, torch.Tensor] = {}
+        chunks = iter(self.at[kind])
+
+        def hold(i: int):
+            return lambda module, args: held.__setitem__(i, args[0].detach())
+
+        def at_point(stream: torch.Tensor) -> None:
+            dense = next(chunks, None)
+            if dense is None or len(held) != len(inputs):
+                raise RuntimeError(
+                    f"The residual point of {kind!r} is not reached once per layer call after its inputs."
+                )
+            for i, rows in held.items():
+                statistics[i].add_drift(rows, dense - stream)
+            held.clear()
+
+        for i, projection in inputs:  # zeros from the start: a rank without chunks still all-reduces them
+            sums = statistics[i].sums
+            statistics[i].drift_cross = sums.new_zeros(projection.size, dense_weight(projection).shape[0])
+            statistics[i].drift_sums = sums.new_zeros(dense_weight(projection).shape[0])
+        handles = [projection.module.register_forward_pre_hook(hold(i)) for i, projection in inputs]
+        return [*handles, residual_hook(layer, self.points[kind], at_point)]
 
 
 def remove_and_compensate(
@@ -343,12 +445,15 @@ def remove_and_compensate(
     reselect = getattr(get_importance(config.importance), "reselect", None)
     structure = pruned_structure(model, spec, planned_widths(widths_before, group_sets, kept))
     runner = LayerwiseRunner(model, spec, chunks, config.autocast_dtype)
+    drift = config.reconstruction_drift if reconstruction == "least_squares" else 0.0
+    dense_stream = DenseStream(runner, dict(spec.residual_points)) if drift and spec.residual_points else None
     errors: dict[str, float] = {}
     last = max(by_layer)
     for index in tqdm(range(last + 1), desc="HyWIA compensation", disable=not show_progress):
-        for group_set in by_layer.get(index, []):
-            if len(kept[group_set.key]) == group_set.num_groups:
-                continue  # nothing removed: nothing to slice or refit
+        pruned_sets = [gs for gs in by_layer.get(index, []) if len(kept[gs.key]) < gs.num_groups]
+        if dense_stream is not None:
+            dense_stream.advance(index, {gs.kind for gs in pruned_sets})
+        for group_set in pruned_sets:  # a set with nothing removed has nothing to slice or refit
             inputs = [(i, p) for i, p in enumerate(group_set.projections) if p.spec.dim == "in"]
             statistics = {}
             handles = []
@@ -357,6 +462,8 @@ def remove_and_compensate(
                 handles.append(
                     projection.module.register_forward_pre_hook(lambda m, args, s=statistics[i]: s.add(args[0]))
                 )
+            if dense_stream is not None:
+                handles += dense_stream.drift_hooks(runner.layers[index], group_set.kind, inputs, statistics)
             try:
                 runner.run(index, keep_outputs=False)
             finally:
@@ -381,7 +488,7 @@ def remove_and_compensate(
                 columns = group_set.indices(i, groups)
                 fit_bias = bias is not None or group_set.kind in switched
                 new_weight, new_bias = refit(
-                    weight, bias, columns, statistics[i], reconstruction, config.reconstruction_ridge, fit_bias
+                    weight, bias, columns, statistics[i], reconstruction, config.reconstruction_ridge, fit_bias, drift
                 )
                 if statistics[i].gram is not None:  # the error needs the Gram matrix (not kept for "bias")
                     errors[projection.name] = relative_error(weight, bias, columns, new_weight, new_bias, statistics[i])

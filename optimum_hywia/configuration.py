@@ -96,6 +96,12 @@ class HyWIAConfig:
             `hywia_config.json` records the one used (docs/results.md: least squares wins on every held-out text).
         reconstruction_ridge: ridge of the least-squares refit toward the sliced dense weights, relative to the mean
             diagonal of the inputs' Gram matrix (0: the plain least-squares solution; large: plain slicing).
+        reconstruction_drift: share `β` of the residual stream's drift from the dense model that each least-squares
+            refit also absorbs: the refit reproduces `X Wᵀ + β · (r_dense − r)`, where `r` is the residual stream right
+            after the projection's output joins it, on the pruned model and on the dense one (same tokens; the
+            family table's `residual_points`), so each layer corrects part of what earlier pruned layers changed.
+            0: reproduce the projection's own output only (SparseGPT/SlimGPT). Costs one more forward pass of each
+            layer over the calibration data and the dense model's hidden states beside the pruned ones.
         reconstruction_bias: let compensation fit a bias where the projection has none but the family's config can
             switch one on (Llama's `attention_bias` / `mlp_bias`; docs/architectures.md); the checkpoint then carries
             zero biases on the other projections of that kind and still loads with the family's class.
@@ -133,6 +139,7 @@ class HyWIAConfig:
     seed: int = 0
     reconstruction: str | None = None
     reconstruction_ridge: float = 0.01
+    reconstruction_drift: float = 0.25
     reconstruction_bias: bool = True
     selection_candidates: tuple[str, ...] = SELECTION_CANDIDATES
     optimum_hywia_version: str = field(default="", repr=False)
@@ -208,6 +215,9 @@ class HyWIAConfig:
         _check_number("reconstruction_ridge", self.reconstruction_ridge, float)
         if not 0 <= self.reconstruction_ridge < math.inf:
             raise ValueError(f"reconstruction_ridge must be >= 0 and finite, got {self.reconstruction_ridge}.")
+        _check_number("reconstruction_drift", self.reconstruction_drift, float)
+        if not 0 <= self.reconstruction_drift <= 1:
+            raise ValueError(f"reconstruction_drift must be between 0 and 1, got {self.reconstruction_drift}.")
         for name in ("gradient_checkpointing", "check_memory", "reconstruction_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")

@@ -9,11 +9,18 @@ import json
 import pytest
 import torch
 from conftest import VOCAB, make_tiny_model
-from test_families import FAMILIES, make_family_model, reload_in_fresh_process, tiny_config
+from test_families import (
+    FAMILIES,
+    _tiny_bert,
+    make_family_model,
+    reload_in_fresh_process,
+    save_baichuan_checkpoint,
+    tiny_config,
+)
 
 from optimum_hywia import HyWIAConfig, HyWIAPruner
 from optimum_hywia.compensation import InputStatistics, refit
-from optimum_hywia.groups import Key
+from optimum_hywia.groups import Key, decoder_layers
 
 CALIBRATION = torch.randint(3, VOCAB, (16, 24), generator=torch.Generator().manual_seed(1))
 INPUTS = torch.randint(3, VOCAB, (2, 20), generator=torch.Generator().manual_seed(5))
@@ -62,6 +69,85 @@ def test_refit_equals_a_direct_least_squares_solution():
     removed = torch.tensor([i for i in range(12) if i not in kept])
     expected = bias.double() + weight.double()[:, removed] @ inputs[:, removed].mean(0)
     torch.testing.assert_close(flap_bias.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_refit_with_drift_equals_the_least_squares_solution_of_the_drifted_target():
+    generator = torch.Generator().manual_seed(2)
+    inputs = torch.randn(400, 10, generator=generator, dtype=torch.float64) + 0.2
+    drift = torch.randn(400, 4, generator=generator, dtype=torch.float64)
+    weight, bias = torch.randn(4, 10, generator=generator), torch.randn(4, generator=generator)
+    kept = torch.tensor([1, 2, 5, 6, 9])
+    statistics = InputStatistics(torch.zeros(10, dtype=torch.float64), torch.zeros(10, 10, dtype=torch.float64))
+    for rows, drift_rows in zip(inputs.float().split(100), drift.float().split(100)):
+        statistics.add(rows)
+        statistics.add_drift(rows, drift_rows)
+    beta = 0.3
+    target = inputs @ weight.double().T + bias.double() + beta * drift
+    design = torch.cat([inputs[:, kept], torch.ones(len(inputs), 1, dtype=torch.float64)], 1)
+    solution = torch.linalg.lstsq(design, target).solution
+    new_weight, new_bias = refit(weight, bias, kept, statistics, "least_squares", 0.0, True, drift=beta)
+    torch.testing.assert_close(new_weight.double(), solution[:-1].T, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(new_bias.double(), solution[-1], rtol=1e-4, atol=1e-4)
+    # drift 0 ignores the drift statistics: the plain refit
+    plain = refit(
+        weight,
+        bias,
+        kept,
+        InputStatistics(statistics.sums, statistics.gram, statistics.count),
+        "least_squares",
+        0.0,
+        True,
+    )
+    torch.testing.assert_close(refit(weight, bias, kept, statistics, "least_squares", 0.0, True)[0], plain[0])
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "opt-postnorm", "baichuan", "bert"])
+def test_drift_correction_brings_the_pruned_model_closer_to_the_dense_one_where_the_family_allows(family, tmp_path):
+    """With `reconstruction_drift`, each refit also pulls the residual stream back toward the dense model's: the
+    pruned model's last hidden states on the calibration tokens end closer to the dense ones. Families without
+    residual points (post-norm Gemma 2/3) are refit exactly as without it."""
+    from transformers import AutoModelForCausalLM
+
+    from optimum_hywia.architectures import get_architecture
+
+    if family == "bert":
+        dense = _tiny_bert()
+    elif family == "opt-postnorm":  # OPT-350m's layout: LayerNorms after the residual sums
+        config = make_family_model("opt").config
+        config.do_layer_norm_before = False
+        torch.manual_seed(0)
+        dense = type(make_family_model("opt"))(config).eval()
+    elif family == "baichuan":
+        save_baichuan_checkpoint(tmp_path / "baichuan")
+        dense = AutoModelForCausalLM.from_pretrained(tmp_path / "baichuan", trust_remote_code=True).eval()
+    else:
+        dense = make_family_model(family)
+    spec = get_architecture(dense.config)
+
+    def last_hidden(model):
+        outputs = []
+        handle = decoder_layers(model, spec)[1][-1].register_forward_hook(lambda m, a, out: outputs.append(out))
+        with torch.no_grad():
+            model(CALIBRATION)
+        handle.remove()
+        return outputs[0][0] if isinstance(outputs[0], tuple) else outputs[0]
+
+    target = last_hidden(dense)
+    results = {}
+    for drift in (0.0, 0.5):
+        model = copy.deepcopy(dense)
+        config = tiny_config(
+            importance="l2", layout="per_layer", pruning_ratio=0.4, reconstruction="least_squares",
+            reconstruction_drift=drift, num_calibration_samples=16,
+        )  # fmt: skip
+        HyWIAPruner(model, config).prune(CALIBRATION, show_progress=False)
+        results[drift] = model
+    errors = {drift: float((last_hidden(model) - target).square().mean()) for drift, model in results.items()}
+    if not spec.residual_points:
+        for name, tensor in results[0.0].state_dict().items():
+            assert torch.equal(results[0.5].state_dict()[name], tensor), name
+    else:
+        assert errors[0.5] < 0.95 * errors[0.0], errors
 
 
 @pytest.mark.parametrize("reconstruction", ["least_squares", "bias"])

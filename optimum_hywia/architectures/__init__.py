@@ -135,12 +135,19 @@ def _compensation_bias(spec: ArchitectureSpec) -> str:
     return f"{switched}; else {own}"
 
 
+def _residual_points(spec: ArchitectureSpec) -> str:
+    """Where compensation's drift correction reads each kind's residual stream (`reconstruction_drift`)."""
+    if not spec.residual_points:
+        return "- (own output only)"
+    return ", ".join(f"{kind}: {f'`{path}` input' if path else 'layer output'}" for kind, path in spec.residual_points)
+
+
 def architectures_markdown() -> str:
     """The supported-families table of docs/architectures.md, generated from the mapping tables."""
     lines = [
         "| model_type | family | decoder layers | attention group (dim) | MLP channel (dim) | fused layout "
-        "| uniform layout loads with | compensation bias | quirks |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| uniform layout loads with | compensation bias | drift correction reads | quirks |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model_type, spec in sorted(ARCHITECTURES.items()):
         attention = ", ".join(f"`{p.path}` ({p.dim})" for p in spec.attention)
@@ -150,14 +157,15 @@ def architectures_markdown() -> str:
             fused += " (layout chosen from the config)"
         lines.append(
             f"| `{model_type}` | {spec.name} | `{spec.layers}` | {attention} | {mlp} | {fused} | {_loads_with(spec)} "
-            f"| {_compensation_bias(spec)} | {spec.notes or '-'} |"
+            f"| {_compensation_bias(spec)} | {_residual_points(spec)} | {spec.notes or '-'} |"
         )
     lines += [
         "",
         "Config-dependent variants (applied in order; every one whose condition holds):",
         "",
-        "| model_type | when | attention group (dim) | fused layout | ALiBi: module, inputs (head layout) |",
-        "|---|---|---|---|---|",
+        "| model_type | when | attention group (dim) | fused layout | ALiBi: module, inputs (head layout) "
+        "| drift correction reads |",
+        "|---|---|---|---|---|---|",
     ]
     for model_type, spec in sorted(ARCHITECTURES.items()):
         for variant in spec.variants:
@@ -168,7 +176,8 @@ def architectures_markdown() -> str:
             if changed.alibi is not None:
                 inputs = ", ".join(f"`{name}` ({layout})" for name, layout in changed.alibi.inputs)
                 alibi = f"`{changed.alibi.path}`: {inputs}"
-            lines.append(f"| `{model_type}` | {variant.when} | {attention} | {fused} | {alibi} |")
+            points = _residual_points(changed) if "residual_points" in variant.changes else "(as above)"
+            lines.append(f"| `{model_type}` | {variant.when} | {attention} | {fused} | {alibi} | {points} |")
     return "\n".join(lines) + "\n"
 
 

@@ -31,6 +31,7 @@ BAICHUAN = ArchitectureSpec(
     hidden_divisible_by_heads=False,
     attention_width_attributes=("self_attn.hidden_size",),  # W_pack is split at self.hidden_size
     remote_code=True,
+    residual_points=(("attention", "post_attention_layernorm"), ("mlp", "")),
     variants=(
         Variant(
             "no `max_position_embeddings` in the config (Baichuan-13B, Baichuan2-13B): ALiBi bias in `attention_mask`",

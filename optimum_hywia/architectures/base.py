@@ -129,6 +129,12 @@ class ArchitectureSpec:
         bias_switches: (group kind, config key) pairs of boolean config keys that give every projection of that kind a
             bias (Llama's `("mlp", "mlp_bias")`); compensation switches one on to carry a refit bias where the
             input-sliced projection has none, and the checkpoint still loads with the family's class.
+        residual_points: (group kind, module path relative to the layer) pairs: the module whose input is the residual
+            stream right after that kind's input-sliced projection has added into it (Llama: attention
+            `"post_attention_layernorm"`, MLP `""`, the layer's own output). That sum is linear in the projection, so
+            least-squares compensation can pull it back toward the dense model's (`HyWIAConfig.reconstruction_drift`);
+            a kind without a pair (post-norm families such as Gemma 2, whose projection output is normalised before
+            the sum) is refit toward its own output only.
         notes: per-family quirks, for docs/architectures.md.
     """
 
@@ -150,6 +156,7 @@ class ArchitectureSpec:
     auto_class: str = "AutoModelForCausalLM"
     variants: tuple[Variant, ...] = field(default=(), compare=False, repr=False)
     bias_switches: tuple[tuple[str, str], ...] = ()
+    residual_points: tuple[tuple[str, str], ...] = ()
     notes: str = ""
 
     def projections(self, kind: str) -> tuple[Projection, ...]:

@@ -20,5 +20,7 @@ BERT = ArchitectureSpec(
     hidden_divisible_by_heads=False,
     attention_width_attributes=("attention.self.all_head_size",),
     auto_class="AutoModel",
+    # post-norm: the sums inside the LayerNorms are linear in the projections
+    residual_points=(("attention", "attention.output.LayerNorm"), ("mlp", "output.LayerNorm")),
     notes="encoder: calibrated with a masked self-distillation loss; head size = hidden // heads in the config",
 )

@@ -24,6 +24,7 @@ BLOOM = ArchitectureSpec(
     ),
     hidden_divisible_by_heads=False,
     vanilla_loadable=False,
+    residual_points=(("attention", "post_attention_layernorm"), ("mlp", "")),
     # hidden_size: the width of `dense`'s input in the `slow_but_exact` path
     attention_width_attributes=("self_attention.hidden_size", "self_attention.split_size"),
     alibi=Alibi("self_attention", (("alibi", "batch_heads"),)),

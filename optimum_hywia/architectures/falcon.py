@@ -29,6 +29,7 @@ FALCON_GROUPED = ArchitectureSpec(
     ),
     config_keys=ConfigKeys(num_kv_heads="num_kv_heads", head_dim=None, intermediate_size="ffn_hidden_size"),
     hidden_divisible_by_heads=False,
+    residual_points=(("attention", ""), ("mlp", "")),  # parallel attention and MLP (the sequential variant below)
     residual_attributes=("self_attention.hidden_size",),
     attention_width_attributes=("self_attention.split_size",),
     notes="fused QKV layout from new_decoder_architecture / multi_query; ALiBi (Falcon-RW): slopes kept per "
@@ -53,6 +54,13 @@ FALCON = replace(
                 config_keys=replace(FALCON_GROUPED.config_keys, num_kv_heads=None),
                 shared_kv=True,
             ),
+        ),
+        Variant(
+            "`parallel_attn=False`, `new_decoder_architecture=False` (Falcon-RW): attention, then the MLP",
+            lambda config: (
+                not (getattr(config, "parallel_attn", True) or getattr(config, "new_decoder_architecture", False))
+            ),
+            dict(residual_points=(("attention", "post_attention_layernorm"), ("mlp", ""))),
         ),
         Variant(
             "`alibi=True` (Falcon-RW): ALiBi bias in `alibi` and in the 4-d `attention_mask`",

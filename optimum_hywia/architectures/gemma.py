@@ -17,6 +17,7 @@ GEMMA = replace(
 GEMMA2 = replace(
     LLAMA,
     name="Gemma 2",
+    residual_points=(),  # post-norms: attention and MLP outputs are normalised before the residual sum
     bias_switches=(("attention", "attention_bias"),),
     model_types=("gemma2",),
     notes="sliding-window layers, logit soft-capping; config requires hidden_size % heads == 0",
@@ -24,6 +25,7 @@ GEMMA2 = replace(
 GEMMA3_TEXT = replace(
     LLAMA,
     name="Gemma 3 (text)",
+    residual_points=(),  # post-norms: attention and MLP outputs are normalised before the residual sum
     bias_switches=(("attention", "attention_bias"),),
     model_types=("gemma3_text",),
     notes="q/k norms over head_dim, sliding-window layers; config requires hidden_size % heads == 0",

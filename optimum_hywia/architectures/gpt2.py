@@ -23,6 +23,7 @@ GPT2 = ArchitectureSpec(
         intermediate_size="n_inner",
     ),
     hidden_divisible_by_heads=False,
+    residual_points=(("attention", "ln_2"), ("mlp", "")),
     residual_attributes=("attn.embed_dim",),
     attention_width_attributes=("attn.split_size",),  # c_attn output is split at split_size
     notes="Conv1D (transposed weights); head_dim = n_embd // n_head: pruned heads need the override",

@@ -1,6 +1,6 @@
 """GPT-NeoX / Pythia: fused `query_key_value` interleaved per head as [n_head, 3, head_dim]."""
 
-from .base import ArchitectureSpec, ConfigKeys, Projection
+from .base import ArchitectureSpec, ConfigKeys, Projection, Variant
 
 GPT_NEOX = ArchitectureSpec(
     name="GPT-NeoX",
@@ -16,5 +16,14 @@ GPT_NEOX = ArchitectureSpec(
     ),
     config_keys=ConfigKeys(num_kv_heads=None, head_dim=None),
     hidden_divisible_by_heads=False,
+    # parallel attention and MLP: both add into the layer's output
+    residual_points=(("attention", ""), ("mlp", "")),
+    variants=(
+        Variant(
+            "`use_parallel_residual=False`: the MLP reads the stream after the attention's sum",
+            lambda config: not getattr(config, "use_parallel_residual", True),
+            dict(residual_points=(("attention", "post_attention_layernorm"), ("mlp", ""))),
+        ),
+    ),
     notes="head_dim = hidden_size // heads in the config: pruned heads need the override",
 )

@@ -21,4 +21,5 @@ LLAMA = ArchitectureSpec(
     attention=ATTENTION,
     mlp=MLP,
     bias_switches=(("attention", "attention_bias"), ("mlp", "mlp_bias")),
+    residual_points=(("attention", "post_attention_layernorm"), ("mlp", "")),
 )

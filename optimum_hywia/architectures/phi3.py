@@ -15,6 +15,7 @@ PHI3 = ArchitectureSpec(
         Projection("mlp.down_proj", "in", "channels"),
     ),
     hidden_divisible_by_heads=False,
+    residual_points=(("attention", "post_attention_layernorm"), ("mlp", "")),
     # the attention splits the fused QKV at `self.config.num_attention_heads * head_dim`
     layer_config=(("self_attn", "num_attention_heads", "num_heads"),),
     notes="splits qkv at config.num_attention_heads: per-layer checkpoints give each attention its own config",

@@ -186,6 +186,12 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
         "--reconstruction-ridge", type=float, help="ridge of the least-squares refit, relative (default: 0.01)"
     )
     group.add_argument(
+        "--reconstruction-drift",
+        type=float,
+        help="share of the residual stream's drift from the dense model each least-squares refit takes back, "
+        "0 to 1 (default: 0.25)",
+    )
+    group.add_argument(
         "--selection-candidates",
         nargs="*",
         choices=("element1", "element2", "vector"),
