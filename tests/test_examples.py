@@ -29,23 +29,24 @@ def test_every_example_is_tested():
 
 @pytest.fixture(scope="module")
 def recovered(tmp_path_factory) -> Path:
-    """examples/prune_and_recover.py with small settings: per-layer pruning, 4 LoRA steps."""
+    """examples/prune_and_recover.py with small settings: per-layer pruning, 4 steps of LoRA on the LM loss."""
     output = tmp_path_factory.mktemp("examples") / "smollm2-lora"
     stdout = run_example(
         "prune_and_recover.py", "--ratio", "0.2", "--samples", "4", "--fusion-steps", "2", "--steps", "4",
-        "--batch-size", "2", "--sequence-length", "64", "--eval-windows", "2", "--eval-length", "128",
-        "--output", str(output),
+        "--method", "lora", "--batch-size", "2", "--sequence-length", "64", "--eval-windows", "2",
+        "--eval-length", "128", "--output", str(output),
     )  # fmt: skip
-    assert "pruned + LoRA" in stdout and "LoRA: 4 steps" in stdout
+    assert "pruned + recovery" in stdout and "Recovery (lora, lm): 4 steps" in stdout
     return output
 
 
 @pytest.mark.slow
 def test_prune_and_recover_example(recovered):
     rows = json.loads((recovered / "example_results.json").read_text())
-    assert list(rows) == ["dense", "pruned 20%", "pruned + LoRA"]
-    assert all(math.isfinite(value) and value > 1 for value in rows.values())
-    assert rows["pruned 20%"] > rows["dense"]  # 20% removed costs perplexity
+    assert list(rows) == ["dense", "pruned 20%", "pruned + recovery"]
+    assert all(list(row) == ["wikipedia", "novels", "news"] for row in rows.values())
+    assert all(math.isfinite(value) and value > 1 for row in rows.values() for value in row.values())
+    assert rows["pruned 20%"]["wikipedia"] > rows["dense"]["wikipedia"]  # 20% removed costs perplexity
     assert json.loads((recovered / "recovery_log.json").read_text())["steps"] == 4
     assert (recovered / "modeling_hywia.py").is_file() and "## LoRA recovery" in (recovered / "README.md").read_text()
 

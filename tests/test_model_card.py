@@ -117,6 +117,14 @@ def test_evaluation_and_recovery_appear_after_a_refresh_and_metadata_is_kept(tmp
     assert "rank 8, alpha 16" in card.text and "3.500 → 2.250" in card.text
     assert "[`HuggingFaceTB/SmolLM2-135M`](https://huggingface.co/HuggingFaceTB/SmolLM2-135M)" in card.text
 
+    # full fine-tuning: its own section, with the learning-rate schedule
+    recovery["config"].update(method="full", lr_scheduler="cosine", warmup_steps=20)
+    (folder / "recovery_log.json").write_text(json.dumps(recovery))
+    card = ModelCard.load(write_model_card(folder))
+    assert "## Recovery fine-tuning" in card.text and "## LoRA recovery" not in card.text
+    assert "learning rate 0.0001 (cosine, 20 warm-up steps), 100 steps" in card.text
+    assert "lora-recovered" not in card.data.tags
+
 
 def test_card_of_a_folder_that_is_no_checkpoint_gets_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="hywia_report.json is missing"):

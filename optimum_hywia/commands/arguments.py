@@ -16,8 +16,9 @@ TASK_CHOICES = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_cha
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 DATA_HELP = (
-    "'mix', 'lambada' or 'wikipedia' (real text that ships with the package, offline; 'mix' is half novels, half "
-    "Wikipedia, disjoint from the evaluation texts), a .txt/.json/.jsonl/.csv/.parquet "
+    "'mix', 'lambada' or 'wikipedia' (real text that ships with the package, offline; 'mix' is novels and "
+    "Wikipedia articles that no evaluation text overlaps, one part of them for calibration and another for recovery; "
+    "'lambada' and 'wikipedia' are whole), a .txt/.json/.jsonl/.csv/.parquet "
     "file, or a `datasets` dataset name (with --dataset-config/--dataset-split)"
 )
 
@@ -67,8 +68,12 @@ command again continues where it stopped."""
 
 RECOVER_EXAMPLES = """\
 examples:
+  # every weight, LM loss, on the packaged recovery text (--data mix): the recipe measured best on SmolLM2-135M
+  %(prog)s smollm2-hywia-20 -o smollm2-hywia-20-ft --method full --learning-rate 1e-4 --lr-scheduler cosine \
+      --warmup-steps 20 --steps 400
+
   # 200 steps of LoRA on the packaged LAMBADA text
-  %(prog)s smollm2-hywia-20 -o smollm2-hywia-20-lora --steps 200
+  %(prog)s smollm2-hywia-20 -o smollm2-hywia-20-lora --steps 200 --data lambada
 
   # distillation from the dense model the checkpoint was pruned from (or --teacher MODEL_OR_FOLDER)
   %(prog)s smollm2-hywia-20 -o smollm2-hywia-20-kd --objective distillation --steps 200
@@ -240,7 +245,7 @@ def add_recover_arguments(parser: argparse.ArgumentParser) -> None:
     _loading(parser, "the pruned HyWIA checkpoint")
     parser.add_argument("-o", "--output", required=True, help="folder to save the recovered model into")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists and is not empty")
-    _data(parser, "--data", "lambada", "training data")
+    _data(parser, "--data", "mix", "training data")
     parser.add_argument(
         "--data-format",
         choices=("auto", "text", "instruction"),

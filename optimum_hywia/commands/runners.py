@@ -9,7 +9,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..data.inputs import is_token_ids
 
@@ -250,7 +250,7 @@ def recover(args: argparse.Namespace) -> None:
     _check_output(args.output, args.overwrite)
     if not Path(args.model).is_dir() and not args.gguf_file:
         args.model = _download(args.model, args.revision)  # the pruning files are carried over from the folder
-    data = load_data(args.data, args.dataset_config, args.dataset_split)
+    data = load_data(args.data, args.dataset_config, args.dataset_split, stage="recovery")
     model, tokenizer, folder = _load_for_use(args, needs_tokenizer=not is_token_ids(load_records(data)))
     teacher = _load_teacher(args, folder, model.device) if config.objective == "distillation" else None
     state_dir = Path(args.state_dir or f"{Path(args.output).resolve()}.recovery")
@@ -302,14 +302,20 @@ def _load_teacher(args: argparse.Namespace, folder: Path, device: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------------- shared
 
 
-def load_data(source: str, config_name: str | None = None, split: str = "train") -> Any:
+def load_data(
+    source: str,
+    config_name: str | None = None,
+    split: str = "train",
+    stage: Literal["calibration", "recovery"] = "calibration",
+) -> Any:
     """Texts or records from a built-in text, a file, or a `datasets` dataset (name, config, split); what the
-    library's shared normaliser (`optimum_hywia.data.inputs.normalize_inputs`) accepts."""
+    library's shared normaliser (`optimum_hywia.data.inputs.normalize_inputs`) accepts. The built-in `mix` is the
+    `stage`'s own part of the offline text: `calibration_mix()` or `recovery_mix()`."""
     from ..data import lambada_texts, wikipedia_texts
-    from ..data.text_sources import calibration_mix
+    from ..data.text_sources import calibration_mix, recovery_mix
 
     if source == "mix":
-        return calibration_mix()
+        return recovery_mix() if stage == "recovery" else calibration_mix()
     if source == "lambada":
         return lambada_texts()
     if source == "wikipedia":

