@@ -87,7 +87,7 @@ def main() -> None:
         sequence_length=args.sequence_length,
         learning_rate=args.learning_rate,
         lr_scheduler=args.lr_scheduler,
-        warmup_steps=min(args.warmup_steps, args.steps - 1),
+        warmup_steps=args.warmup_steps,
         save_steps=max(1, args.steps // 4),
     )
     model = recover(model, tokenizer, recovery_mix(), recovery, output_dir=f"{args.output}.recovery", teacher=teacher)
