@@ -102,13 +102,10 @@ def run_key(method: str, reconstruction: str, ratio: float, layout: str, seed: i
     return f"{method}-{reconstruction}-{layout}-r{ratio:g}-s{seed}-{calibration}{layers}"
 
 
-def with_drift(reconstruction: str, drift: float, input_drift: float = 0.0) -> str:
-    """The run's reconstruction label: least squares with drift correction is `least_squares+drift<β>`, with input
-    drift correction too `...+input<γ>` (records before the options existed, and `--drift 0`, are plain
-    `least_squares`)."""
-    if reconstruction != "least_squares":
-        return reconstruction
-    return reconstruction + (f"+drift{drift:g}" if drift else "") + (f"+input{input_drift:g}" if input_drift else "")
+def with_drift(reconstruction: str, drift: float) -> str:
+    """The run's reconstruction label: least squares with drift correction is `least_squares+drift<β>` (records
+    before the option existed, and `--drift 0`, are plain `least_squares`)."""
+    return f"{reconstruction}+drift{drift:g}" if reconstruction == "least_squares" and drift else reconstruction
 
 
 def run_one(args, dense, tokenizer, method: str, reconstruction: str, ratio: float, layout: str, seed: int) -> dict:
@@ -135,7 +132,6 @@ def run_one(args, dense, tokenizer, method: str, reconstruction: str, ratio: flo
             selection_candidates=tuple(candidates.split("+")) if candidates else (),
             reconstruction=reconstruction.partition("+")[0],
             reconstruction_drift=args.drift,
-            reconstruction_input_drift=args.input_drift,
             num_calibration_samples=args.samples,
             calibration_sequence_length=args.sequence_length,
             layer_range=layer_range(args, layout),
@@ -185,7 +181,7 @@ def run_matrix(args: argparse.Namespace) -> None:
             for layout in args.layouts:
                 for run in args.runs:
                     method, _, reconstruction = run.partition(":")
-                    reconstruction = with_drift(reconstruction or "none", args.drift, args.input_drift)
+                    reconstruction = with_drift(reconstruction or "none", args.drift)
                     key = run_key(method, reconstruction, ratio, layout, seed, args)
                     path = results / f"{key}.json"
                     if path.exists():
@@ -400,12 +396,6 @@ def main() -> None:
         type=float,
         default=HyWIAConfig().reconstruction_drift,
         help="reconstruction_drift of least-squares runs (default: the library's)",
-    )
-    parser.add_argument(
-        "--input-drift",
-        type=float,
-        default=HyWIAConfig().reconstruction_input_drift,
-        help="reconstruction_input_drift of least-squares runs (default: the library's)",
     )
     parser.add_argument("--eval-windows", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0)

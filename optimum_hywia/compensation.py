@@ -24,13 +24,6 @@ layers (`DenseStream`, one more forward pass), and the target becomes `X Wᵀ + 
 residual stream right after the projection's output joins it (`ArchitectureSpec.residual_points`), on the pruned
 model with this kind whole and on the dense model: each refit takes back a share of the drift that the layers pruned
 so far left in the residual stream. Extra memory: the dense hidden states and the stream at one layer's points.
-
-Input drift correction (`reconstruction_input_drift` = γ > 0, least squares only): before the kind's input-sliced
-projections are refit, the projections it slices along their *output* (`q_proj`, `gate_proj`, ...) are refit on the
-inputs the pruned model gives them, `X`, toward what they produce on the dense model's inputs `X_d` of the same tokens:
-`W' = argmin ‖X W'ᵀ − (X Wᵀ + γ (X_d − X) Wᵀ)‖² + λ‖W' − W‖²` (asymmetric calibration, as GPTAQ does for
-quantization). The same solver serves, with `D = (X_d − X) Wᵀ` as the drift. One more forward pass of each pruned
-layer; the dense inputs of one layer's projections are held meanwhile.
 """
 
 from __future__ import annotations
@@ -251,8 +244,7 @@ def forward_chunks(model: nn.Module, chunks: list[torch.Tensor], autocast_dtype:
 
 
 def new_statistics(projection: BoundProjection, device: torch.device, gram: bool) -> InputStatistics:
-    """Empty statistics of the projection's inputs (its input width, whichever axis the group slices)."""
-    size = projection.size if projection.spec.dim == "in" else projection.other_size
+    size = projection.size
     return InputStatistics(
         torch.zeros(size, dtype=torch.float64, device=device),
         torch.zeros(size, size, dtype=torch.float64, device=device) if gram else None,
@@ -368,24 +360,17 @@ class DenseStream:
         self.runner, self.points = runner, points
         self.hidden: list[torch.Tensor] | None = None  # None: still equal to the pruned model's
         self.at: dict[str, list[torch.Tensor]] = {}
-        self.inputs: dict[nn.Module, list[torch.Tensor]] = {}
 
-    def advance(self, index: int, kinds: set[str], modules: list[nn.Module] = ()) -> None:
+    def advance(self, index: int, kinds: set[str]) -> None:
         """Run the still-dense layer `index`, whose `kinds` are about to be pruned, recording the stream at their
-        points and the inputs of `modules` (`reconstruction_input_drift`); then step past it."""
+        points; then step past it."""
         self.at = {kind: [] for kind in kinds if kind in self.points}
-        self.inputs = {module: [] for module in modules}
         if not kinds and self.hidden is None:
             return  # nothing pruned up to here: the pruned model's states are still the dense ones
         layer = self.runner.layers[index]
         handles = [
             residual_hook(layer, self.points[kind], lambda stream, kept=kept: kept.append(stream.detach().clone()))
             for kind, kept in self.at.items()
-        ]
-        # not cloned: projections that share an input (q, k, v) share one copy, which nothing writes to in place
-        handles += [
-            module.register_forward_pre_hook(lambda m, args, kept=kept: kept.append(args[0].detach()))
-            for module, kept in self.inputs.items()
         ]
         try:
             self.hidden = self.runner.outputs(index, self.runner.hidden if self.hidden is None else self.hidden)
@@ -425,50 +410,6 @@ class DenseStream:
         return [*handles, residual_hook(layer, self.points[kind], at_point)]
 
 
-def refit_input_drift(
-    runner: LayerwiseRunner,
-    index: int,
-    group_set: GroupSet,
-    dense_inputs: dict[nn.Module, list[torch.Tensor]],
-    share: float,
-    ridge: float,
-) -> None:
-    """Refit, in place, the projections of the set sliced along their output toward their dense inputs' outputs:
-    every row reproduces `X Wᵀ + share · (X_d − X) Wᵀ` from the pruned layer's inputs `X` (module docstring)."""
-    outputs = [p for p in group_set.projections if p.spec.dim == "out"]
-    statistics, handles = {}, []
-    for projection in outputs:
-        weight = dense_weight(projection).float()
-        stats = new_statistics(projection, execution_device(projection.module), gram=True)
-        stats.drift_cross = stats.sums.new_zeros(weight.shape[1], weight.shape[0])  # every rank all-reduces it
-        stats.drift_sums = stats.sums.new_zeros(weight.shape[0])
-        dense = iter(dense_inputs[projection.module])
-
-        def record(module, args, stats=stats, dense=dense, weight=weight):
-            rows = args[0].float()
-            stats.add(rows)
-            stats.add_drift(rows, (next(dense).float() - rows) @ weight.to(rows.device).T)
-
-        statistics[projection.name] = stats
-        handles.append(projection.module.register_forward_pre_hook(record))
-    try:
-        runner.run(index, keep_outputs=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    for projection in outputs:
-        stats = statistics[projection.name]
-        stats.all_reduce()
-        weight = dense_weight(projection)
-        bias = getattr(projection.module, "bias", None)
-        bias = None if bias is None else module_tensor(projection.module, "bias").detach()
-        every_column = torch.arange(weight.shape[1])
-        new_weight, new_bias = refit(weight, bias, every_column, stats, "least_squares", ridge, bias is not None, share)
-        set_parameter(projection.module, "weight", new_weight.T.contiguous() if projection.transposed else new_weight)
-        if new_bias is not None:
-            set_parameter(projection.module, "bias", new_bias)
-
-
 def remove_and_compensate(
     model: nn.Module,
     spec: ArchitectureSpec,
@@ -506,21 +447,14 @@ def remove_and_compensate(
     structure = pruned_structure(model, spec, planned_widths(widths_before, group_sets, kept))
     runner = LayerwiseRunner(model, spec, chunks, config.autocast_dtype)
     drift = config.reconstruction_drift if reconstruction == "least_squares" else 0.0
-    input_drift = config.reconstruction_input_drift if reconstruction == "least_squares" else 0.0
-    points = dict(spec.residual_points) if drift else {}
-    dense_stream = DenseStream(runner, points) if points or input_drift else None
+    dense_stream = DenseStream(runner, dict(spec.residual_points)) if drift and spec.residual_points else None
     errors: dict[str, float] = {}
     last = max(by_layer)
     for index in tqdm(range(last + 1), desc="HyWIA compensation", disable=not show_progress):
         pruned_sets = [gs for gs in by_layer.get(index, []) if len(kept[gs.key]) < gs.num_groups]
         if dense_stream is not None:
-            sliced_outputs = [p.module for gs in pruned_sets for p in gs.projections if p.spec.dim == "out"]
-            dense_stream.advance(index, {gs.kind for gs in pruned_sets}, sliced_outputs if input_drift else [])
+            dense_stream.advance(index, {gs.kind for gs in pruned_sets})
         for group_set in pruned_sets:  # a set with nothing removed has nothing to slice or refit
-            if input_drift and dense_stream.hidden is not None:  # else the inputs are still the dense ones
-                refit_input_drift(
-                    runner, index, group_set, dense_stream.inputs, input_drift, config.reconstruction_ridge
-                )
             inputs = [(i, p) for i, p in enumerate(group_set.projections) if p.spec.dim == "in"]
             statistics = {}
             handles = []

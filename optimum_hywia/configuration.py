@@ -102,12 +102,6 @@ class HyWIAConfig:
             family table's `residual_points`), so each layer corrects part of what earlier pruned layers changed.
             0: reproduce the projection's own output only (SparseGPT/SlimGPT). Costs one more forward pass of each
             layer over the calibration data and the dense model's hidden states beside the pruned ones.
-        reconstruction_input_drift: share `γ` of the input drift that least squares also takes back on the
-            projections a group slices along their *output* (`q_proj`, `k_proj`, `v_proj`, `gate_proj`, `up_proj`,
-            ...), whose inputs earlier pruned layers changed: every kept row is refit to reproduce
-            `X Wᵀ + γ · (X_dense − X) Wᵀ` from the pruned model's inputs `X` (asymmetric calibration, as GPTAQ does
-            for quantization). 0 (default): these projections are only sliced. Costs one more forward pass of each
-            pruned layer and the dense model's hidden states beside the pruned ones.
         reconstruction_bias: let compensation fit a bias where the projection has none but the family's config can
             switch one on (Llama's `attention_bias` / `mlp_bias`; docs/architectures.md); the checkpoint then carries
             zero biases on the other projections of that kind and still loads with the family's class.
@@ -146,7 +140,6 @@ class HyWIAConfig:
     reconstruction: str | None = None
     reconstruction_ridge: float = 0.01
     reconstruction_drift: float = 0.25
-    reconstruction_input_drift: float = 0.0
     reconstruction_bias: bool = True
     selection_candidates: tuple[str, ...] = SELECTION_CANDIDATES
     optimum_hywia_version: str = field(default="", repr=False)
@@ -222,10 +215,9 @@ class HyWIAConfig:
         _check_number("reconstruction_ridge", self.reconstruction_ridge, float)
         if not 0 <= self.reconstruction_ridge < math.inf:
             raise ValueError(f"reconstruction_ridge must be >= 0 and finite, got {self.reconstruction_ridge}.")
-        for name in ("reconstruction_drift", "reconstruction_input_drift"):
-            _check_number(name, getattr(self, name), float)
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}.")
+        _check_number("reconstruction_drift", self.reconstruction_drift, float)
+        if not 0 <= self.reconstruction_drift <= 1:
+            raise ValueError(f"reconstruction_drift must be between 0 and 1, got {self.reconstruction_drift}.")
         for name in ("gradient_checkpointing", "check_memory", "reconstruction_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")

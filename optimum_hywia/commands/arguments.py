@@ -197,12 +197,6 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
         "0 to 1 (default: 0.25)",
     )
     group.add_argument(
-        "--reconstruction-input-drift",
-        type=float,
-        help="share of the input drift from the dense model that least squares takes back on the projections sliced "
-        "along their output (q/k/v, gate/up), 0 to 1 (default: 0)",
-    )
-    group.add_argument(
         "--selection-candidates",
         nargs="*",
         choices=("element1", "element2", "vector"),
