@@ -298,7 +298,10 @@ def report(args) -> None:
             recovery["learning_rate"],
             recovery.get("lr_scheduler", "linear"),
             record.get("recovery_text", "novels"),
-            json.dumps(record["pruned"].get("config"), sort_keys=True),  # the same starting model
+            recovery["batch_size"],
+            recovery["sequence_length"],
+            # the same starting model: its perplexities before recovery (its config's keys change with the library)
+            json.dumps(record["points"][0]["ppl"], sort_keys=True),
         )
 
     for key in sorted({recipe(record) for record in records}):
@@ -306,9 +309,10 @@ def report(args) -> None:
         if len(same) < 2:
             continue
         budget = min(record["points"][-1]["train_cpu_minutes"] for record in same)
-        ratio, method, steps, rate, schedule, text, _ = key
+        ratio, method, steps, rate, schedule, text, batch, length, _ = key
         print(
-            f"ratio {ratio:g}, {method}, {steps} steps, lr {rate:g} {schedule}, {text} text: "
+            f"ratio {ratio:g}, {method}, {steps} steps of {batch} x {length} tokens, lr {rate:g} {schedule}, "
+            f"{text} text: "
             f"equal training CPU time ({budget:.2f} min):"
         )
         for record in same:
@@ -360,7 +364,8 @@ def label(record: dict[str, Any]) -> str:
 def recipe_label(record: dict[str, Any]) -> str:
     recovery = record["recovery"]
     schedule = recovery.get("lr_scheduler", "linear")
-    return f"{recovery['max_steps']} steps, lr {recovery['learning_rate']:g} {schedule}"
+    shape = f"{recovery['batch_size']}×{recovery['sequence_length']}"
+    return f"{recovery['max_steps']} steps of {shape}, lr {recovery['learning_rate']:g} {schedule}"
 
 
 def at_cpu_minutes(points: list[dict[str, Any]], minutes: float) -> dict[str, float]:
