@@ -36,10 +36,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging
 
 from optimum_hywia import HyWIAConfig, HyWIAPruner
-from optimum_hywia.data import lambada_texts, wikipedia_texts
+from optimum_hywia.data import lambada_texts
 from optimum_hywia.data.assets import cache_root
 from optimum_hywia.data.models import SMOLLM2_HUB_ID, model_source
-from optimum_hywia.data.text_sources import HELDOUT_LAMBADA, calibration_mix, news_texts
+from optimum_hywia.data.text_sources import calibration_mix, evaluation_texts
 from optimum_hywia.evaluation import PAPER_TASKS, evaluate_zero_shot, paired_difference, perplexity
 from optimum_hywia.modeling import load_pruned_model
 
@@ -50,14 +50,6 @@ TEXTS = ("wikipedia", "novels", "news")
 NUM_LAYERS = 30  # SmolLM2-135M's decoder layers
 LEGACY_LAYERS = {"per_layer": "3-28", "uniform": "0-30"}  # the default layer ranges before 2026-12-05
 BEGIN, END = "<!-- table: benchmarks/compensation.py --report -->", "<!-- end of table -->"
-
-
-def evaluation_texts() -> dict[str, str]:
-    return {
-        "wikipedia": "\n\n".join(wikipedia_texts()),
-        "novels": "\n\n".join(lambada_texts()[-HELDOUT_LAMBADA:]),
-        "news": "\n\n".join(news_texts()),
-    }
 
 
 def calibration_texts(name: str) -> list[str]:

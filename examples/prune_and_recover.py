@@ -22,9 +22,8 @@ from transformers import AutoModelForCausalLM
 from transformers.utils import logging
 
 from optimum_hywia import HyWIAConfig, HyWIAPruner, RecoveryConfig, recover
-from optimum_hywia.data import lambada_texts, wikipedia_texts
 from optimum_hywia.data.models import SMOLLM2_HUB_ID, model_source
-from optimum_hywia.data.text_sources import HELDOUT_LAMBADA, calibration_mix, news_texts, recovery_mix
+from optimum_hywia.data.text_sources import calibration_mix, evaluation_texts, recovery_mix
 from optimum_hywia.evaluation import perplexity
 from optimum_hywia.recovery import save_recovered_model
 
@@ -60,11 +59,7 @@ def main() -> None:
     )
     pruner = HyWIAPruner.from_pretrained(name, config=config, **kwargs)
     model, tokenizer = pruner.model, pruner.tokenizer
-    texts = {
-        "wikipedia": "\n\n".join(wikipedia_texts()),
-        "novels": "\n\n".join(lambada_texts()[-HELDOUT_LAMBADA:]),
-        "news": "\n\n".join(news_texts()),
-    }
+    texts = evaluation_texts()
 
     def scores() -> dict[str, float]:
         return {

@@ -187,6 +187,7 @@ def test_offline_calibration_and_recovery_texts_never_overlap_evaluation_text():
     from optimum_hywia.data.text_sources import (
         HELDOUT_LAMBADA,
         calibration_mix,
+        evaluation_texts,
         news_texts,
         recovery_mix,
         recovery_novels,
@@ -196,6 +197,10 @@ def test_offline_calibration_and_recovery_texts_never_overlap_evaluation_text():
     evaluation = {*articles[: len(articles) // 2], *passages[-HELDOUT_LAMBADA:], *news_texts()}
     calibration, recovery = calibration_mix(), recovery_mix()
     assert not evaluation & set(calibration) and not evaluation & set(recovery)
+    texts = evaluation_texts()  # the evaluation set as the benchmarks and examples read it
+    assert list(texts) == ["wikipedia", "novels", "news"]
+    assert texts["news"] == "\n\n".join(news_texts()) and texts["novels"].endswith(passages[-1])
+    assert texts["wikipedia"].startswith(articles[0]) and articles[len(articles) // 2] not in texts["wikipedia"]
     assert not set(recovery_novels()) & set(calibration)  # calibration's novels are the first half, recovery's not
     assert set(recovery_novels()) < set(recovery) and len(recovery) > len(recovery_novels())  # with Wikipedia
     assert len(recovery_novels()) == len(passages) - len(passages) // 2 - HELDOUT_LAMBADA

@@ -4,7 +4,8 @@ The sources are disjoint; callers that need disjoint slices of one source take d
 this package: calibration takes `calibration_mix()` (the first half of the LAMBADA passages and the second half of the
 Wikipedia articles); recovery takes `recovery_mix()` (the second half of the LAMBADA passages short of the held-out
 ones, and the second half of the Wikipedia articles); evaluation takes the first Wikipedia articles, the last
-`HELDOUT_LAMBADA` passages and the news articles, none of which any calibration or recovery text overlaps.
+`HELDOUT_LAMBADA` passages and the news articles (`evaluation_texts()`), none of which any calibration or recovery
+text overlaps.
 """
 
 from __future__ import annotations
@@ -189,3 +190,15 @@ def recovery_mix() -> list[str]:
     for index in range(max(len(novels), len(articles))):
         mixed.extend(texts[index] for texts in (novels, articles) if index < len(texts))
     return mixed
+
+
+def evaluation_texts() -> dict[str, str]:
+    """The package's three held-out evaluation texts, each one string: the first half of the Wikipedia articles, the
+    last `HELDOUT_LAMBADA` LAMBADA passages (novels) and the news articles; no calibration or recovery text reads
+    them."""
+    articles = wikipedia_texts()
+    return {
+        "wikipedia": "\n\n".join(articles[: len(articles) // 2]),
+        "novels": "\n\n".join(lambada_texts()[-HELDOUT_LAMBADA:]),
+        "news": "\n\n".join(news_texts()),
+    }
