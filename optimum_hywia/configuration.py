@@ -67,7 +67,7 @@ class HyWIAConfig:
         layout: `"uniform"` (the same widths in every pruned layer; loads with vanilla transformers) or
             `"per_layer"` (one global ranking; widths differ per layer; loads with `trust_remote_code=True`).
         num_calibration_samples: calibration windows used for gradients and fusion training (or activations).
-            `None` (default): 128 windows of text; rows of token ids (a 2-D tensor, equal-length id lists, a dataset
+            `None` (default): 256 windows of text; rows of token ids (a 2-D tensor, equal-length id lists, a dataset
             of `input_ids`) are samples already and are all used as given.
         calibration_sequence_length: tokens per calibration window. `None` (default): 128 for text; token-id rows
             keep their own length.

@@ -221,14 +221,14 @@ def test_token_rows_are_samples_used_as_given_unless_the_sizes_are_set(shape):
 
 
 def test_text_and_token_streams_keep_the_default_window_count_and_length(tokenizer):
-    stream = torch.arange(200 * 128) % 50
-    assert prepare_calibration_data(stream).shape == (128, 128)  # a 1-D stream is not rows: 128 windows of 128
+    stream = torch.arange(300 * 128) % 50
+    assert prepare_calibration_data(stream).shape == (256, 128)  # a 1-D stream is not rows: 256 windows of 128
     ragged = [list(range(300)), list(range(200))]
     assert prepare_calibration_data(ragged).shape == (3, 128)  # rows of different lengths: windows of 128
-    texts = TEXTS * 60
+    texts = TEXTS * 120
     default = prepare_calibration_data(texts, tokenizer)
-    assert torch.equal(default, prepare_calibration_data(texts, tokenizer, num_samples=128, sequence_length=128))
-    assert default.shape == (128, 128)  # 128 of the windows of 128 tokens
+    assert torch.equal(default, prepare_calibration_data(texts, tokenizer, num_samples=256, sequence_length=128))
+    assert default.shape == (256, 128)  # 256 of the windows of 128 tokens
 
 
 def test_one_normaliser_serves_every_caller(tmp_path, tokenizer):

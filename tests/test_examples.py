@@ -78,7 +78,7 @@ def test_prune_smollm2_example(tmp_path):
     results = json.loads((tmp_path / "out" / "example_results.json").read_text())
     rows = {name: row for name, row in results.items() if name != "prune_seconds"}
     assert len(rows) == 2 and "pipeline('text-generation') on the saved checkpoint" in stdout
-    assert all(set(row) >= {"ppl_wikipedia", "ppl_novels", "prefill_tokens_per_s"} for row in rows.values())
+    assert all(set(row) >= {"ppl_wikipedia", "ppl_novels", "ppl_news", "prefill_tokens_per_s"} for row in rows.values())
     report = json.loads((tmp_path / "out" / "hywia_report.json").read_text())
     assert report["reconstruction_errors"]  # the shipped defaults compensate
     assert (tmp_path / "out" / "README.md").is_file()

@@ -160,7 +160,7 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--group-kinds", nargs="+", choices=("attention", "mlp"), help="what to prune (default: both)")
     group.add_argument("--layer-range", nargs=2, type=int, metavar=("START", "END"), help="prune layers [START, END)")
-    group.add_argument("--samples", type=positive_int, help="calibration windows (default: 128)")
+    group.add_argument("--samples", type=positive_int, help="calibration windows (default: 256)")
     group.add_argument("--sequence-length", type=positive_int, help="tokens per calibration window (default: 128)")
     group.add_argument("--batch-size", type=positive_int, help="calibration windows per pass (default: 8)")
     group.add_argument("--fusion-steps", type=int, help="fusion training steps (default: 16)")

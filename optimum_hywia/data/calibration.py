@@ -11,7 +11,7 @@ from .inputs import check_integer_ids, is_dataset, is_token_ids, normalize_input
 
 logger = logging.get_logger(__name__)
 
-DEFAULT_NUM_SAMPLES = 128
+DEFAULT_NUM_SAMPLES = 256
 DEFAULT_SEQUENCE_LENGTH = 128
 
 __all__ = [
@@ -46,7 +46,7 @@ def prepare_calibration_data(
 
     `None` (the default) for `num_samples` / `sequence_length` means "as given" for token-id rows of one length (a
     2-D tensor, a list of equal-length sequences, an `input_ids` dataset): every row is a sample, of its own length.
-    For text, a 1-D token stream or rows of different lengths, `None` means 128 windows of 128 tokens.
+    For text, a 1-D token stream or rows of different lengths, `None` means 256 windows of 128 tokens.
     """
     samples, num_samples, _ = _windows(data, tokenizer, num_samples, sequence_length, vocab_size)
     if num_samples is None:
