@@ -4,8 +4,8 @@ Runs offline: the model comes from the Hub when it can be reached, else from the
 file, dequantized to float32). Calibration text: the package's offline mix (LAMBADA novels + Wikipedia articles,
 `optimum_hywia.data.text_sources.calibration_mix`); evaluation: perplexity on the package's three held-out texts
 (`evaluation_texts()`: the first Wikipedia articles, held-out LAMBADA passages, news), which no calibration text
-overlaps. The pruner runs with the shipped defaults (HyWIA,
-least-squares compensation); tokens/s are medians of dense and pruned runs interleaved.
+overlaps. The pruner runs with the shipped defaults (HyWIA, least-squares compensation); tokens/s are medians of
+dense and pruned runs interleaved.
 
     .venv/bin/python examples/prune_smollm2.py --ratio 0.2 --output outputs/smollm2-hywia-20
 """
@@ -25,6 +25,7 @@ import torch
 from transformers.utils import logging
 
 from optimum_hywia import HyWIAConfig, HyWIAPruner
+from optimum_hywia.data.calibration import DEFAULT_NUM_SAMPLES, DEFAULT_SEQUENCE_LENGTH
 from optimum_hywia.data.models import SMOLLM2_HUB_ID, model_source
 from optimum_hywia.data.text_sources import calibration_mix, evaluation_texts
 from optimum_hywia.evaluation import measure_throughput, perplexity
@@ -43,8 +44,8 @@ def main() -> None:
     parser.add_argument("--ratio", type=float, default=0.2, help="share of decoder-layer parameters to remove")
     parser.add_argument("--layout", default="per_layer", choices=["uniform", "per_layer"])
     parser.add_argument("--importance", default="hywia")
-    parser.add_argument("--samples", type=int, help="calibration windows (default: the library's, 256)")
-    parser.add_argument("--sequence-length", type=int, help="tokens per calibration window (default: 128)")
+    parser.add_argument("--samples", type=int, help=f"calibration windows (default: {DEFAULT_NUM_SAMPLES})")
+    parser.add_argument("--sequence-length", type=int, help=f"tokens per window (default: {DEFAULT_SEQUENCE_LENGTH})")
     parser.add_argument("--eval-windows", type=int, default=20, help="512-token windows of each text for perplexity")
     parser.add_argument("--speed-rounds", type=int, default=3, help="interleaved dense/pruned throughput rounds")
     parser.add_argument("--output", default="outputs/smollm2-hywia")
