@@ -215,6 +215,10 @@ def _add_accuracy(args, record: dict, path: Path, key: str, dense, tokenizer) ->
     print(f"{key:<58} 7-task acc {average:.2f}  ({record['zero_shot_seconds']:.0f} s)", flush=True)
 
 
+def calibration_of(record: dict) -> str:
+    return f"{record['calibration']} {record['samples']}x{record['sequence_length']}"
+
+
 def summarise(records: list[dict]) -> list[dict]:
     """One row per (ratio, layout, layers, calibration, method, reconstruction): mean and sample std over seeds."""
     groups: dict[tuple, list[dict]] = {}
@@ -223,9 +227,7 @@ def summarise(records: list[dict]) -> list[dict]:
             record["ratio"] if record["method"] != "dense" else 0.0,
             record["layout"] if record["method"] != "dense" else "-",
             layers_of(record) if record["method"] != "dense" else "-",
-            f"{record['calibration']} {record['samples']}x{record['sequence_length']}"
-            if record["method"] != "dense"
-            else "-",
+            calibration_of(record) if record["method"] != "dense" else "-",
             record["method"],
             record["reconstruction"] if record["method"] != "dense" else "-",
         )
@@ -301,7 +303,7 @@ def paired_accuracy(records: list[dict], baseline: str = "flap") -> list[dict]:
     for ours in scored:
         for theirs in scored:
             same = all(ours[k] == theirs[k] for k in ("ratio", "layout", "seed", "calibration", "samples"))
-            if not same or theirs["method"] != baseline or ours is theirs:
+            if not same or layers_of(ours) != layers_of(theirs) or theirs["method"] != baseline or ours is theirs:
                 continue
             limit = min(ours["zero_shot_limit"], theirs["zero_shot_limit"])
             pair = tuple({t: {"items": {"acc": r["zero_shot"][t]["items"]["acc"][:limit]}} for t in PAPER_TASKS}
@@ -311,6 +313,7 @@ def paired_accuracy(records: list[dict], baseline: str = "flap") -> list[dict]:
                     "ratio": ours["ratio"],
                     "layout": ours["layout"],
                     "seed": ours["seed"],
+                    "calibration": calibration_of(ours),
                     "run": run_label(ours),
                     "baseline": f"{theirs['method']}:{theirs['reconstruction']}",
                     **paired_difference([pair]),
@@ -325,27 +328,34 @@ def _accuracy_markdown(records: list[dict], paired: list[dict]) -> str:
     if not scored:
         return ""
     lines = [
-        "| ratio | method | reconstruction | seed | items/task | " + " | ".join(PAPER_TASKS) + " | average acc |",
-        "|---|---|---|---|---|" + "---|" * len(PAPER_TASKS) + "---|",
+        "| ratio | layers | calibration | method | reconstruction | seed | items/task | "
+        + " | ".join(PAPER_TASKS)
+        + " | average acc |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(PAPER_TASKS) + "---|",
     ]
     for r in scored:
         tasks = " | ".join(f"{100 * r['zero_shot'][t]['acc']:.1f}" for t in PAPER_TASKS)
-        ratio = "0%" if r["method"] == "dense" else f"{r['ratio']:.0%}"
+        dense = r["method"] == "dense"
+        ratio, layers, calibration = (
+            ("0%", "-", "-") if dense else (f"{r['ratio']:.0%}", layers_of(r), calibration_of(r))
+        )
         lines.append(
-            f"| {ratio} | {r['method']} | {r['reconstruction']} | {r['seed']} | {r['zero_shot_limit']} | {tasks} | "
-            f"{100 * r['zero_shot']['average']['acc']:.2f} |"
+            f"| {ratio} | {layers} | {calibration} | {r['method']} | {r['reconstruction']} | {r['seed']} | "
+            f"{r['zero_shot_limit']} | {tasks} | {100 * r['zero_shot']['average']['acc']:.2f} |"
         )
     if paired:
         lines += [
             "",
             "Paired against FLAP on the same items (points; ± standard error of the paired difference):",
             "",
-            "| ratio | layout | seed | run | baseline | discordant items | average acc diff | without BoolQ |",
-            "|---|---|---|---|---|---|---|---|",
+            "| ratio | layout | seed | calibration | run | baseline | discordant items | average acc diff | "
+            "without BoolQ |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for row in paired:
             lines.append(
-                f"| {row['ratio']:.0%} | {row['layout']} | {row['seed']} | {row['run']} | {row['baseline']} | "
+                f"| {row['ratio']:.0%} | {row['layout']} | {row['seed']} | {row['calibration']} | {row['run']} | "
+                f"{row['baseline']} | "
                 f"{row['discordant_items']} | **{row['average_diff']:+.2f} ± {row['standard_error']:.2f}** | "
                 f"{row['without_boolq_diff']:+.2f} ± {row['without_boolq_standard_error']:.2f} |"
             )
