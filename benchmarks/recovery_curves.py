@@ -448,12 +448,14 @@ def checkpoint_accuracy_report(records: list[dict[str, Any]]) -> None:
     """Objectives paired item by item at equal tokens (the same step) and at equal time (each distillation point
     against the LM point with the most training CPU time not above it)."""
     for key in sorted({recipe(record) for record in records}):
-        same = {record["objective"]: record for record in records if recipe(record) == key and scored_points(record)}
-        if "lm" not in same or "distillation" not in same:
+        same = [record for record in records if recipe(record) == key and scored_points(record)]
+        lm = [record for record in same if record["objective"] == "lm"]
+        distilled = [record for record in same if record["objective"] == "distillation"]  # one per mixing weight
+        if not lm or not distilled:
             continue
-        lm_points = scored_points(same["lm"])
+        lm_points = scored_points(lm[0])
         print(f"ratio {key[0]:g}, {key[2]} steps of {key[6]} x {key[7]}: distillation - LM, 7-task acc (points ± s.e.)")
-        for point in scored_points(same["distillation"]):
+        for record, point in ((record, point) for record in distilled for point in scored_points(record)):
             equal_tokens = [other for other in lm_points if other["step"] == point["step"]]
             no_more_time = [other for other in lm_points if other["train_cpu_minutes"] <= point["train_cpu_minutes"]]
             pairs = [("equal tokens", equal_tokens[-1] if equal_tokens else None)]
@@ -464,7 +466,7 @@ def checkpoint_accuracy_report(records: list[dict[str, Any]]) -> None:
                 ours, theirs = point["accuracy"]["results"], other["accuracy"]["results"]
                 paired = paired_difference([(ours, theirs)])
                 print(
-                    f"  {name}: distillation step {point['step']} ({point['train_cpu_minutes']:.1f} CPU min) "
+                    f"  {name}: {label(record)} step {point['step']} ({point['train_cpu_minutes']:.1f} CPU min) "
                     f"{100 * ours['average']['acc']:.2f} vs LM step {other['step']} "
                     f"({other['train_cpu_minutes']:.1f} CPU min) {100 * theirs['average']['acc']:.2f}: "
                     f"{paired['average_diff']:+.2f} ± {paired['standard_error']:.2f} (without BoolQ "
