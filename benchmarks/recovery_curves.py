@@ -455,7 +455,7 @@ def checkpoint_accuracy_report(records: list[dict[str, Any]]) -> None:
             continue
         lm_points = scored_points(lm[0])
         print(f"ratio {key[0]:g}, {key[2]} steps of {key[6]} x {key[7]}: distillation - LM, 7-task acc (points ± s.e.)")
-        for record, point in ((record, point) for record in distilled for point in scored_points(record)):
+        for run, point in ((r, p) for r in distilled for p in scored_points(r)):
             equal_tokens = [other for other in lm_points if other["step"] == point["step"]]
             no_more_time = [other for other in lm_points if other["train_cpu_minutes"] <= point["train_cpu_minutes"]]
             pairs = [("equal tokens", equal_tokens[-1] if equal_tokens else None)]
@@ -466,7 +466,7 @@ def checkpoint_accuracy_report(records: list[dict[str, Any]]) -> None:
                 ours, theirs = point["accuracy"]["results"], other["accuracy"]["results"]
                 paired = paired_difference([(ours, theirs)])
                 print(
-                    f"  {name}: {label(record)} step {point['step']} ({point['train_cpu_minutes']:.1f} CPU min) "
+                    f"  {name}: {label(run)} step {point['step']} ({point['train_cpu_minutes']:.1f} CPU min) "
                     f"{100 * ours['average']['acc']:.2f} vs LM step {other['step']} "
                     f"({other['train_cpu_minutes']:.1f} CPU min) {100 * theirs['average']['acc']:.2f}: "
                     f"{paired['average_diff']:+.2f} ± {paired['standard_error']:.2f} (without BoolQ "
