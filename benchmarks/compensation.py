@@ -96,8 +96,12 @@ def run_key(method: str, reconstruction: str, ratio: float, layout: str, seed: i
 
 def with_drift(reconstruction: str, drift: float) -> str:
     """The run's reconstruction label: least squares with drift correction is `least_squares+drift<β>` (records
-    before the option existed, and `--drift 0`, are plain `least_squares`)."""
-    return f"{reconstruction}+drift{drift:g}" if reconstruction == "least_squares" and drift else reconstruction
+    before the option existed, and `--drift 0`, are plain `least_squares`); `least_squares+obs` (groups re-chosen
+    by greedy OBS, `reconstruction_reselect`) becomes `least_squares+drift<β>+obs`."""
+    base, *options = reconstruction.split("+")
+    if base == "least_squares" and drift:
+        options = [f"drift{drift:g}", *options]
+    return "+".join([base, *options])
 
 
 def run_one(args, dense, tokenizer, method: str, reconstruction: str, ratio: float, layout: str, seed: int) -> dict:
@@ -124,6 +128,7 @@ def run_one(args, dense, tokenizer, method: str, reconstruction: str, ratio: flo
             selection_candidates=tuple(candidates.split("+")) if candidates else (),
             reconstruction=reconstruction.partition("+")[0],
             reconstruction_drift=args.drift,
+            reconstruction_reselect="obs" in reconstruction.split("+"),
             num_calibration_samples=args.samples,
             calibration_sequence_length=args.sequence_length,
             layer_range=layer_range(args, layout),

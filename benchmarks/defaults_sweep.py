@@ -56,6 +56,12 @@ VARIANTS: dict[str, dict] = {
     "none-layers-all": {"reconstruction": "none", **EVERY_LAYER},
     **{f"layers-all-drift{beta:g}": {**EVERY_LAYER, "reconstruction_drift": beta} for beta in (0.1, 0.25, 0.5, 1.0)},
     "samples256-layers-all-drift0.25": {"num_calibration_samples": 256, **EVERY_LAYER, "reconstruction_drift": 0.25},
+    "samples256-layers-all-drift0.25-obs": {
+        "num_calibration_samples": 256,
+        **EVERY_LAYER,
+        "reconstruction_drift": 0.25,
+        "reconstruction_reselect": True,
+    },
 }
 
 

@@ -24,6 +24,10 @@ layers (`DenseStream`, one more forward pass), and the target becomes `X Wᵀ + 
 residual stream right after the projection's output joins it (`ArchitectureSpec.residual_points`), on the pruned
 model with this kind whole and on the dense model: each refit takes back a share of the drift that the layers pruned
 so far left in the residual stream. Extra memory: the dense hidden states and the stream at one layer's points.
+
+Re-selection (`reconstruction_reselect`, least squares only; always with `importance="slimgpt"`): before a kind is
+sliced, which of its groups go is re-chosen on the statistics just collected by greedy structured OBS
+(`optimum_hywia.obs`), toward the refit's own target; the layer keeps the number of groups the importance gave it.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from .configuration import RECONSTRUCTIONS
 from .groups import BoundProjection, GroupSet, Key, decoder_layers
 from .importance.registry import get_importance
 from .importance.statistics import _encoder
+from .obs import reselect_by_obs
 from .offload import add_parameter, execution_device, module_tensor, set_parameter
 from .surgery import apply_layer_structure, planned_widths, pruned_structure, remove_groups
 
@@ -422,8 +427,9 @@ def remove_and_compensate(
 ) -> dict[str, float]:
     """Slice every set's groups, layer by layer, refitting the input-sliced projections (`config.reconstruction`).
 
-    `kept` is updated in place where the importance method re-chooses the groups of a layer on the pruned model's
-    inputs (a `reselect` method: SlimGPT's greedy OBS); the number of groups each set keeps never changes.
+    `kept` is updated in place where the groups of a layer are re-chosen on the pruned model's inputs
+    (`config.reconstruction_reselect`, or an importance method with a `reselect`: SlimGPT's greedy OBS); the number
+    of groups each set keeps never changes.
 
     Returns, for each input-sliced projection refit by least squares, the relative error of its new output against
     the whole projection's own output on the same calibration inputs (`{"<module path>": error}`; the drift share of
@@ -444,6 +450,8 @@ def remove_and_compensate(
             enable_bias(model, spec, kind)
             switched.add(kind)
     reselect = getattr(get_importance(config.importance), "reselect", None)
+    if reconstruction == "least_squares" and config.reconstruction_reselect:
+        reselect = reselect_by_obs
     structure = pruned_structure(model, spec, planned_widths(widths_before, group_sets, kept))
     runner = LayerwiseRunner(model, spec, chunks, config.autocast_dtype)
     drift = config.reconstruction_drift if reconstruction == "least_squares" else 0.0
@@ -478,9 +486,9 @@ def remove_and_compensate(
                     dense_weight(projection).clone(),
                     None if bias is None else module_tensor(projection.module, "bias").detach().clone(),
                 )
-            if reselect is not None:  # the method chooses the groups on the pruned model's inputs (SlimGPT)
+            if reselect is not None:  # greedy OBS chooses the groups on the pruned model's inputs
                 count = len(kept[group_set.key])
-                kept[group_set.key] = reselect(group_set, dense, statistics, count, config.reconstruction_ridge)
+                kept[group_set.key] = reselect(group_set, dense, statistics, count, config.reconstruction_ridge, drift)
             groups = kept[group_set.key]
             remove_groups([group_set], kept)
             apply_layer_structure(model, spec, structure, index, group_set.kind)

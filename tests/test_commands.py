@@ -274,6 +274,19 @@ def test_selection_candidates_flag_sets_the_config_field_and_an_empty_list_turns
     assert config("--selection-candidates").selection_candidates == ()
 
 
+def test_reconstruction_reselect_flag_switches_the_config_field_both_ways():
+    from optimum_hywia.commands.main import build_parser
+    from optimum_hywia.commands.runners import _hywia_config
+    from optimum_hywia.configuration import HyWIAConfig
+
+    def config(*flags):
+        return _hywia_config(build_parser().parse_args(["prune", "model", "-o", "out", *flags]), HyWIAConfig)
+
+    assert config().reconstruction_reselect == HyWIAConfig().reconstruction_reselect
+    assert config("--reconstruction-reselect").reconstruction_reselect is True
+    assert config("--no-reconstruction-reselect").reconstruction_reselect is False
+
+
 def test_a_checkpoint_without_tokenizer_gets_a_one_line_error_naming_the_fixes(workspace, tmp_path, capsys):
     from optimum_hywia.commands.main import main
 

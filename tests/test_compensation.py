@@ -306,7 +306,7 @@ def test_compensation_needs_calibration_data_even_for_weight_only_importance():
 
 @pytest.mark.parametrize("width", [1, 2])  # MLP channels (block updates), heads of 2 columns
 def test_slimgpt_greedy_obs_updates_equal_the_least_squares_refit_of_its_kept_columns(width):
-    from optimum_hywia.importance.slimgpt import greedy_obs
+    from optimum_hywia.obs import greedy_obs
 
     generator = torch.Generator().manual_seed(3)
     inputs = (
@@ -329,6 +329,69 @@ def test_slimgpt_greedy_obs_updates_equal_the_least_squares_refit_of_its_kept_co
     subsets = itertools.combinations(range(len(columns)), len(columns) // 2)
     errors = sorted(error(subset) for subset in subsets)
     assert error(kept.tolist()) <= errors[len(errors) // 10]  # greedy: among the best tenth of every choice
+
+
+def test_obs_keeps_the_best_groups_for_the_target_the_refit_aims_at():
+    """With drift correction the refit aims at `X Wᵀ + β D`: OBS must choose against that target, not `X Wᵀ`."""
+    from optimum_hywia.obs import obs_kept_groups
+
+    generator = torch.Generator().manual_seed(5)
+    inputs = (
+        torch.randn(400, 8, generator=generator, dtype=torch.float64) @ torch.randn(8, 8, generator=generator).double()
+    )
+    weight = torch.randn(5, 8, generator=generator)
+    drifts = inputs @ (2 * torch.randn(8, 5, generator=generator, dtype=torch.float64))  # drift the inputs can explain
+    drifts += torch.randn(400, 5, generator=generator, dtype=torch.float64)
+    statistics = InputStatistics(torch.zeros(8, dtype=torch.float64), torch.zeros(8, 8, dtype=torch.float64))
+    statistics.add(inputs)
+    statistics.add_drift(inputs, drifts)
+    columns = [torch.arange(start, start + 1) for start in range(8)]
+    drift = 0.5
+    target = inputs @ weight.double().T + drift * drifts
+
+    def error(groups):  # output error against the target after the refit of the kept columns
+        cols = torch.cat([columns[g] for g in groups])
+        new, _ = refit(weight, None, cols, statistics, "least_squares", 0.0, False, drift)
+        return float((inputs[:, cols] @ new.double().T - target).square().sum())
+
+    kept = obs_kept_groups(weight, statistics, columns, keep=4, ridge=0.0, drift=drift)
+    best = min(error(subset) for subset in itertools.combinations(range(8), 4))
+    assert len(kept) == 4 and error(kept.tolist()) == pytest.approx(best)
+    blind = obs_kept_groups(weight, statistics, columns, keep=4, ridge=0.0)  # judged against X Wᵀ alone
+    assert error(blind.tolist()) > 1.2 * best
+
+
+def test_reselect_keeps_each_layers_count_and_lets_greedy_obs_choose_its_groups():
+    """Layer 0's inputs do not depend on the pruning: its kept channels are greedy OBS's on those inputs."""
+    from optimum_hywia.obs import greedy_obs
+
+    dense = make_tiny_model("llama-gqa")
+    path = "model.layers.0.mlp.down_proj"
+    inputs = captured_inputs(dense, path, CALIBRATION)
+    weight = dense.get_submodule(path).weight.detach()
+    reports = {}
+    for reselect in (False, True):
+        config = tiny_config(
+            importance="l2",
+            layout="per_layer",
+            group_kinds=("mlp",),
+            pruning_ratio=0.3,
+            reconstruction="least_squares",
+            reconstruction_bias=False,
+            reconstruction_reselect=reselect,
+            num_calibration_samples=16,
+        )
+        pruner = HyWIAPruner(copy.deepcopy(dense), config)
+        pruner.prune(CALIBRATION, show_progress=False)
+        reports[reselect] = pruner.report
+    counts = {reselect: [len(groups) for groups in report.kept_groups.values()] for reselect, report in reports.items()}
+    assert counts[True] == counts[False]  # the importance's allocation is kept
+    keep = len(reports[True].kept_groups["0.mlp"])
+    columns = [torch.tensor([channel]) for channel in range(weight.shape[1])]
+    expected, _ = greedy_obs(weight, inputs.T @ inputs, columns, keep, ridge=0.01)
+    assert reports[True].kept_groups["0.mlp"] == expected.tolist() != reports[False].kept_groups["0.mlp"]
+    errors = {reselect: report.reconstruction_errors[path] for reselect, report in reports.items()}
+    assert errors[True] < errors[False]
 
 
 def test_flap_scores_are_the_standardised_fluctuation_of_the_input_columns():

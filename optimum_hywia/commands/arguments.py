@@ -197,6 +197,12 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
         "0 to 1 (default: 0.25)",
     )
     group.add_argument(
+        "--reconstruction-reselect",
+        action=argparse.BooleanOptionalAction,
+        help="with least squares, re-choose which groups of each layer go by greedy structured OBS on the pruned "
+        "model's inputs, keeping each layer's count (default: off)",
+    )
+    group.add_argument(
         "--selection-candidates",
         nargs="*",
         choices=("element1", "element2", "vector"),

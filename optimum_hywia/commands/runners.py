@@ -108,6 +108,7 @@ def _hywia_config(args: argparse.Namespace, config_class: Any) -> Any:
         "reconstruction": args.reconstruction,
         "reconstruction_ridge": args.reconstruction_ridge,
         "reconstruction_drift": args.reconstruction_drift,
+        "reconstruction_reselect": args.reconstruction_reselect,
         "selection_candidates": args.selection_candidates,
     }
     values.update({key: value for key, value in flags.items() if value is not None})

@@ -57,7 +57,7 @@ class ImportanceMethod(ABC):
     needs_activations: ClassVar[bool] = False
     uses_fusion: ClassVar[bool] = False
     per_parameter: ClassVar[bool] = True
-    # optional `reselect(group_set, dense_weights, input_statistics, keep, ridge) -> kept group indices`: the
+    # optional `reselect(group_set, dense_weights, input_statistics, keep, ridge, drift) -> kept group indices`: the
     # compensation stage calls it per layer, on the pruned model's inputs, to choose which groups go (SlimGPT)
     reselect: ClassVar[Any] = None
 
