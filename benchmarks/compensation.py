@@ -97,7 +97,8 @@ def run_key(method: str, reconstruction: str, ratio: float, layout: str, seed: i
 def with_drift(reconstruction: str, drift: float) -> str:
     """The run's reconstruction label: least squares with drift correction is `least_squares+drift<β>` (records
     before the option existed, and `--drift 0`, are plain `least_squares`); `least_squares+obs` (groups re-chosen
-    by greedy OBS, `reconstruction_reselect`) becomes `least_squares+drift<β>+obs`."""
+    by greedy OBS, `reconstruction_reselect`, judged by the plain squared error) becomes
+    `least_squares+drift<β>+obs`; `+fobs`: the same OBS judged in the output Fisher's metric (damping 0.01)."""
     base, *options = reconstruction.split("+")
     if base == "least_squares" and drift:
         options = [f"drift{drift:g}", *options]
@@ -128,7 +129,8 @@ def run_one(args, dense, tokenizer, method: str, reconstruction: str, ratio: flo
             selection_candidates=tuple(candidates.split("+")) if candidates else (),
             reconstruction=reconstruction.partition("+")[0],
             reconstruction_drift=args.drift,
-            reconstruction_reselect="obs" in reconstruction.split("+"),
+            reconstruction_reselect=bool({"obs", "fobs"} & set(reconstruction.split("+"))),
+            reconstruction_reselect_damping=None if "obs" in reconstruction.split("+") else 0.01,
             num_calibration_samples=args.samples,
             calibration_sequence_length=args.sequence_length,
             layer_range=layer_range(args, layout),

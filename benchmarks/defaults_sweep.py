@@ -41,6 +41,9 @@ BASE = {
     "reconstruction_drift": 0.0,
 }
 EVERY_LAYER = {"layer_range": (0, 30)}  # SmolLM2-135M's 30 decoder layers
+# the library's defaults since 2026-12-05 (every layer, 256 windows, drift correction 0.25)
+SHIPPED = {"num_calibration_samples": 256, **EVERY_LAYER, "reconstruction_drift": 0.25}
+RIDGES = (0.003, 0.03, 0.1)
 VARIANTS: dict[str, dict] = {
     "base": {},
     "samples32": {"num_calibration_samples": 32},
@@ -55,12 +58,29 @@ VARIANTS: dict[str, dict] = {
     "none": {"reconstruction": "none"},
     "none-layers-all": {"reconstruction": "none", **EVERY_LAYER},
     **{f"layers-all-drift{beta:g}": {**EVERY_LAYER, "reconstruction_drift": beta} for beta in (0.1, 0.25, 0.5, 1.0)},
-    "samples256-layers-all-drift0.25": {"num_calibration_samples": 256, **EVERY_LAYER, "reconstruction_drift": 0.25},
+    "samples256-layers-all-drift0.25": SHIPPED,
     "samples256-layers-all-drift0.25-obs": {
-        "num_calibration_samples": 256,
-        **EVERY_LAYER,
-        "reconstruction_drift": 0.25,
+        **SHIPPED,
         "reconstruction_reselect": True,
+        "reconstruction_reselect_damping": None,
+    },
+    **{
+        f"samples256-layers-all-drift0.25-fobs{damping:g}": {
+            **SHIPPED,
+            "reconstruction_reselect": True,
+            "reconstruction_reselect_damping": damping,
+        }
+        for damping in (0.01, 1.0)
+    },
+    **{f"samples256-layers-all-drift0.25-ridge{r:g}": {**SHIPPED, "reconstruction_ridge": r} for r in RIDGES},
+    **{
+        f"samples256-layers-all-drift0.25-obs-ridge{ridge:g}": {
+            **SHIPPED,
+            "reconstruction_reselect": True,
+            "reconstruction_reselect_damping": None,
+            "reconstruction_ridge": ridge,
+        }
+        for ridge in RIDGES
     },
 }
 

@@ -28,6 +28,8 @@ so far left in the residual stream. Extra memory: the dense hidden states and th
 Re-selection (`reconstruction_reselect`, least squares only; always with `importance="slimgpt"`): before a kind is
 sliced, which of its groups go is re-chosen on the statistics just collected by greedy structured OBS
 (`optimum_hywia.obs`), toward the refit's own target; the layer keeps the number of groups the importance gave it.
+A removal's cost is the change of the projection's output in the metric of its output Fisher (the loss gradients at
+that output, from the gradient pass; `reconstruction_reselect_damping`), or the plain squared error (SlimGPT's).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from .configuration import RECONSTRUCTIONS
 from .groups import BoundProjection, GroupSet, Key, decoder_layers
 from .importance.registry import get_importance
 from .importance.statistics import _encoder
-from .obs import reselect_by_obs
+from .obs import output_metric, reselect_by_obs
 from .offload import add_parameter, execution_device, module_tensor, set_parameter
 from .surgery import apply_layer_structure, planned_widths, pruned_structure, remove_groups
 
@@ -424,12 +426,15 @@ def remove_and_compensate(
     batches: list[torch.Tensor],
     widths_before: list[dict[str, int]],
     show_progress: bool = True,
+    output_fisher: dict[Key, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Slice every set's groups, layer by layer, refitting the input-sliced projections (`config.reconstruction`).
 
     `kept` is updated in place where the groups of a layer are re-chosen on the pruned model's inputs
     (`config.reconstruction_reselect`, or an importance method with a `reselect`: SlimGPT's greedy OBS); the number
-    of groups each set keeps never changes.
+    of groups each set keeps never changes. With `config.reconstruction_reselect`, a set's `output_fisher` (the
+    gradient pass's, `GradientStatistics.output_fisher`) damped by `config.reconstruction_reselect_damping` is the
+    metric the removals are judged in (`obs.output_metric`); without it, the plain squared error.
 
     Returns, for each input-sliced projection refit by least squares, the relative error of its new output against
     the whole projection's own output on the same calibration inputs (`{"<module path>": error}`; the drift share of
@@ -450,8 +455,11 @@ def remove_and_compensate(
             enable_bias(model, spec, kind)
             switched.add(kind)
     reselect = getattr(get_importance(config.importance), "reselect", None)
+    fisher = {}
     if reconstruction == "least_squares" and config.reconstruction_reselect:
         reselect = reselect_by_obs
+        if config.reconstruction_reselect_damping is not None:
+            fisher = output_fisher or {}
     structure = pruned_structure(model, spec, planned_widths(widths_before, group_sets, kept))
     runner = LayerwiseRunner(model, spec, chunks, config.autocast_dtype)
     drift = config.reconstruction_drift if reconstruction == "least_squares" else 0.0
@@ -488,7 +496,9 @@ def remove_and_compensate(
                 )
             if reselect is not None:  # greedy OBS chooses the groups on the pruned model's inputs
                 count = len(kept[group_set.key])
-                kept[group_set.key] = reselect(group_set, dense, statistics, count, config.reconstruction_ridge, drift)
+                key, ridge = group_set.key, config.reconstruction_ridge
+                metric = output_metric(fisher[key], config.reconstruction_reselect_damping) if key in fisher else None
+                kept[key] = reselect(group_set, dense, statistics, count, ridge, drift, metric)
             groups = kept[group_set.key]
             remove_groups([group_set], kept)
             apply_layer_structure(model, spec, structure, index, group_set.kind)

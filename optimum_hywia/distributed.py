@@ -59,14 +59,17 @@ def all_reduce_statistics(statistics: GradientStatistics) -> None:
         for stats in statistics.stats[key]
         for tensor in (stats.signed, stats.absolute, stats.squared)
     ]
-    flat = torch.cat([torch.tensor([float(statistics.num_batches)], dtype=torch.float64), *parts])
+    parts += [statistics.output_fisher[key] for key in sorted(statistics.output_fisher)]
+    flat = torch.cat(
+        [torch.tensor([float(statistics.num_batches)], dtype=torch.float64), *(p.flatten() for p in parts)]
+    )
     flat = flat.to(_collective_device())
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat = flat.cpu()
     statistics.num_batches = int(round(float(flat[0])))
     offset = 1
     for part in parts:
-        part.copy_(flat[offset : offset + part.numel()])
+        part.copy_(flat[offset : offset + part.numel()].view_as(part))
         offset += part.numel()
 
 

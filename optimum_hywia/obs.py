@@ -12,7 +12,9 @@ least-squares refit on the kept columns puts them (the OBS updates compose to it
 
 Used by `importance="slimgpt"` (its scores and its choice inside each layer) and, for every importance, by
 `HyWIAConfig.reconstruction_reselect` (`reselect_by_obs`: the compensation stage re-chooses which groups of each
-layer go, keeping the layer's count).
+layer go, keeping the layer's count). There the output error can be measured in a metric `M` instead, `tr(E M Eᵀ)`:
+the damped output Fisher (`output_metric`), so that a removal costs what the calibration loss cares about, not
+what the layer's output changes in every direction alike.
 """
 
 from __future__ import annotations
@@ -114,7 +116,13 @@ def _greedy_obs_channels(w: torch.Tensor, inverse: torch.Tensor, flat: torch.Ten
 
 
 def obs_kept_groups(
-    weight: torch.Tensor, statistics, columns: list[torch.Tensor], keep: int, ridge: float, drift: float = 0.0
+    weight: torch.Tensor,
+    statistics,
+    columns: list[torch.Tensor],
+    keep: int,
+    ridge: float,
+    drift: float = 0.0,
+    metric: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The `keep` groups (sorted; `columns[g]` are group `g`'s input columns) that greedy OBS keeps for a projection
     with dense `weight` (`[out, in]`) and input statistics `statistics` (`compensation.InputStatistics`).
@@ -123,19 +131,50 @@ def obs_kept_groups(
     then starts from the refit of *every* column toward that target, `W*`, since for any kept columns `S` the error
     to the target is `‖X_S W'ᵀ − X W*ᵀ‖²` plus a constant (the normal equations of `W*`; exact without ridge), so
     the greedy removals are judged against the target the kept weights are then fitted to.
+
+    `metric` (`[out, out]`, positive definite) measures the output error as `tr(E M Eᵀ)` instead of `‖E‖²`. The
+    refit of the kept columns does not depend on it (each output row is fitted alone on the same inputs), only
+    which groups cost least: with `M = L Lᵀ`, OBS on `Lᵀ W` chooses exactly as OBS in that metric.
     """
     from .compensation import refit
 
     if drift > 0 and statistics.drift_cross is not None:
         everything = torch.arange(weight.shape[1])
         weight, _ = refit(weight, None, everything, statistics, "least_squares", ridge, False, drift)
+    if metric is not None:
+        weight = metric_root(metric.double().to(weight.device)) @ weight.double()
     return greedy_obs(weight, statistics.gram, columns, keep, ridge)[0]
 
 
+def metric_root(metric: torch.Tensor) -> torch.Tensor:
+    """`R` with `Rᵀ R = metric` (positive semi-definite): `Lᵀ` of its Cholesky factor, or from its eigenvectors
+    where it is singular (an undamped Fisher of fewer tokens than dimensions)."""
+    factor, info = torch.linalg.cholesky_ex(metric)
+    if not int(info):
+        return factor.T
+    values, vectors = torch.linalg.eigh(metric)
+    return values.clamp_min(0).sqrt()[:, None] * vectors.T
+
+
+def output_metric(fisher: torch.Tensor, damping: float) -> torch.Tensor:
+    """`F + δ · mean(diag F) · I` (float64): the output Fisher `F`, damped toward the plain squared error."""
+    metric = fisher.double().clone()
+    metric.diagonal().add_(damping * metric.diagonal().mean().clamp_min(1e-30))
+    return metric
+
+
 def reselect_by_obs(
-    group_set: GroupSet, weights: dict, statistics: dict, keep: int, ridge: float, drift: float = 0.0
+    group_set: GroupSet,
+    weights: dict,
+    statistics: dict,
+    keep: int,
+    ridge: float,
+    drift: float = 0.0,
+    metric: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`obs_kept_groups` for one set, on the statistics of the pruned model's inputs (`weights` / `statistics` map
-    the set's projection indices to their dense `(weight, bias)` and their input statistics)."""
+    the set's projection indices to their dense `(weight, bias)` and their input statistics; `metric`: the output
+    error metric, e.g. `output_metric` of the projection's output Fisher)."""
     index = input_projection(group_set)
-    return obs_kept_groups(weights[index][0], statistics[index], group_columns(group_set, index), keep, ridge, drift)
+    columns = group_columns(group_set, index)
+    return obs_kept_groups(weights[index][0], statistics[index], columns, keep, ridge, drift, metric)

@@ -130,7 +130,7 @@ class HyWIAPruner:
         logger.info(f"HyWIA: pruning layers [{first}, {stop}) of {num_layers}: {plan.describe()}")
 
         batches = calibration_batches(model, config, self.tokenizer, calibration_data)
-        scores, fusion = score_groups(
+        scores, fusion, output_fisher = score_groups(
             model, spec, config, group_sets, plan, num_layers, batches, show_progress, seconds
         )
         drop_restored_weights(model)
@@ -150,7 +150,16 @@ class HyWIAPruner:
                 remove_groups(group_sets, kept)
             else:
                 choice = compensate_best_selection(
-                    model, spec, config, group_sets, candidates, batches, widths_before, show_progress, held_out
+                    model,
+                    spec,
+                    config,
+                    group_sets,
+                    candidates,
+                    batches,
+                    widths_before,
+                    show_progress,
+                    held_out,
+                    output_fisher,
                 )
                 kept, errors = choice.kept, choice.errors
             vanilla = rewrite_config(model, spec, widths_before)

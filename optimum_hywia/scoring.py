@@ -68,8 +68,10 @@ def score_groups(
     batches: list[torch.Tensor] | None,
     show_progress: bool,
     seconds: dict[str, float],
-) -> tuple[Scores, FusionResult | None]:
-    """Scores of every group set by `config.importance` (a registry entry), and HyWIA's fusion result if any."""
+) -> tuple[Scores, FusionResult | None, dict[tuple[int, str], torch.Tensor]]:
+    """Scores of every group set by `config.importance` (a registry entry), HyWIA's fusion result if any, and the
+    output Fisher of every set's input-sliced projection when compensation re-chooses groups in its metric
+    (`HyWIAConfig.reselects_by_output_fisher`; else empty)."""
     method = get_importance(config.importance)
     context = ScoringContext(
         model,
@@ -84,10 +86,14 @@ def score_groups(
     )
     result = method.score(context)
     scores, fusion = result if isinstance(result, tuple) else (result, None)
+    output_fisher = {}
+    if config.reselects_by_output_fisher:
+        context.batches = batches  # a weight-only importance was given none
+        output_fisher = context.output_fisher()
     missing = [gs.key for gs in group_sets if gs.key not in scores or len(scores[gs.key]) != gs.num_groups]
     if missing:
         raise ValueError(
             f"importance={config.importance!r} returned no score or a wrong number of scores for {missing[:3]}: "
             "score() must return one value per group for every group set."
         )
-    return method.comparable(scores, group_sets, config.layout), fusion
+    return method.comparable(scores, group_sets, config.layout), fusion, output_fisher

@@ -145,10 +145,12 @@ def compensate_best_selection(
     widths_before: list[dict[str, int]],
     show_progress: bool = True,
     held_out: list[torch.Tensor] | None = None,
+    output_fisher: dict[Key, torch.Tensor] | None = None,
 ) -> SelectionChoice:
     """Remove and compensate each candidate selection; leave `model` pruned with the one of lowest compensated KL
     on the `held_out` batches (raced, `race`; the first on a tie). `candidates` maps a name to kept groups
-    (`allocation.select_groups`); `batches` are the calibration batches that compensation fits on."""
+    (`allocation.select_groups`); `batches` are the calibration batches that compensation fits on;
+    `output_fisher`: the metric of its OBS re-selection (`remove_and_compensate`)."""
     from .compensation import _chunks
     from .distributed import distributed_world, shard_batches
 
@@ -157,7 +159,10 @@ def compensate_best_selection(
 
     def compensate(name: str, target: nn.Module, sets: list[GroupSet]) -> tuple[dict, dict[str, float]]:
         kept = {key: value.clone() for key, value in candidates[name].items()}  # a reselecting method updates it
-        return kept, remove_and_compensate(target, spec, config, sets, kept, batches, widths_before, show_progress)
+        errors = remove_and_compensate(
+            target, spec, config, sets, kept, batches, widths_before, show_progress, output_fisher
+        )
+        return kept, errors
 
     reason = why_no_choice(model, spec) if len(names) > 1 else None
     teacher = TeacherCache((available_memory(torch.device("cpu")) or 0) // 4)

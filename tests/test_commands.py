@@ -285,6 +285,12 @@ def test_reconstruction_reselect_flag_switches_the_config_field_both_ways():
     assert config().reconstruction_reselect == HyWIAConfig().reconstruction_reselect
     assert config("--reconstruction-reselect").reconstruction_reselect is True
     assert config("--no-reconstruction-reselect").reconstruction_reselect is False
+    default = HyWIAConfig().reconstruction_reselect_damping
+    assert config().reconstruction_reselect_damping == default
+    assert config("--reconstruction-reselect-damping", "1").reconstruction_reselect_damping == 1.0
+    assert config("--reconstruction-reselect-damping", "plain").reconstruction_reselect_damping is None
+    with pytest.raises(SystemExit):
+        config("--reconstruction-reselect-damping", "-1")
 
 
 def test_a_checkpoint_without_tokenizer_gets_a_one_line_error_naming_the_fixes(workspace, tmp_path, capsys):

@@ -361,6 +361,21 @@ def test_obs_keeps_the_best_groups_for_the_target_the_refit_aims_at():
     assert error(blind.tolist()) > 1.2 * best
 
 
+def mlp_reselect_config(importance: str, ratio: float, **overrides) -> HyWIAConfig:
+    """MLP channels only, pruned `per_layer` and refit by least squares (no bias), groups re-chosen by OBS."""
+    settings = dict(
+        importance=importance,
+        layout="per_layer",
+        group_kinds=("mlp",),
+        pruning_ratio=ratio,
+        reconstruction="least_squares",
+        reconstruction_bias=False,
+        reconstruction_reselect=True,
+        num_calibration_samples=16,
+    )
+    return tiny_config(**{**settings, **overrides})
+
+
 def test_reselect_keeps_each_layers_count_and_lets_greedy_obs_choose_its_groups():
     """Layer 0's inputs do not depend on the pruning: its kept channels are greedy OBS's on those inputs."""
     from optimum_hywia.obs import greedy_obs
@@ -371,16 +386,8 @@ def test_reselect_keeps_each_layers_count_and_lets_greedy_obs_choose_its_groups(
     weight = dense.get_submodule(path).weight.detach()
     reports = {}
     for reselect in (False, True):
-        config = tiny_config(
-            importance="l2",
-            layout="per_layer",
-            group_kinds=("mlp",),
-            pruning_ratio=0.3,
-            reconstruction="least_squares",
-            reconstruction_bias=False,
-            reconstruction_reselect=reselect,
-            num_calibration_samples=16,
-        )
+        # the plain squared error, as SlimGPT's OBS
+        config = mlp_reselect_config("l2", 0.3, reconstruction_reselect=reselect, reconstruction_reselect_damping=None)
         pruner = HyWIAPruner(copy.deepcopy(dense), config)
         pruner.prune(CALIBRATION, show_progress=False)
         reports[reselect] = pruner.report
@@ -392,6 +399,84 @@ def test_reselect_keeps_each_layers_count_and_lets_greedy_obs_choose_its_groups(
     assert reports[True].kept_groups["0.mlp"] == expected.tolist() != reports[False].kept_groups["0.mlp"]
     errors = {reselect: report.reconstruction_errors[path] for reselect, report in reports.items()}
     assert errors[True] < errors[False]
+
+
+def output_fisher(model, path: str, batches: list[torch.Tensor]) -> torch.Tensor:
+    """`Σ_t g_t g_tᵀ` of the calibration loss's gradient at one module's output, every token of `batches`."""
+    from optimum_hywia.importance.statistics import calibration_loss
+
+    outputs = []
+    handle = model.get_submodule(path).register_forward_hook(
+        lambda m, args, out: out.retain_grad() or outputs.append(out)
+    )
+    fisher = 0
+    for batch in batches:
+        outputs.clear()
+        calibration_loss(model, batch).backward()
+        rows = outputs[0].grad.reshape(-1, outputs[0].shape[-1]).double()
+        fisher = fisher + rows.T @ rows
+    handle.remove()
+    model.zero_grad(set_to_none=True)
+    return fisher
+
+
+@pytest.mark.parametrize("damping", [0.01, 1.0])
+def test_reselect_judges_removals_in_the_metric_of_the_output_fisher(damping):
+    """Layer 0: the kept channels are greedy OBS's on `Lᵀ W` (`F + δ mean(diag F) I = L Lᵀ`, `F` the loss gradients'
+    second moments at `down_proj`'s output), and they differ from the plain squared error's choice."""
+    from optimum_hywia.obs import greedy_obs, output_metric
+    from optimum_hywia.scoring import calibration_batches
+
+    dense = make_tiny_model("llama-gqa")
+    path = "model.layers.0.mlp.down_proj"
+    kept = {}
+    for metric in (damping, None):
+        config = mlp_reselect_config("element1", 0.5, reconstruction_reselect_damping=metric)
+        pruner = HyWIAPruner(copy.deepcopy(dense), config)
+        pruner.prune(CALIBRATION, show_progress=False)
+        kept[metric] = pruner.report.kept_groups["0.mlp"]
+    batches = calibration_batches(dense, pruner.config, None, CALIBRATION)
+    fisher = output_fisher(copy.deepcopy(dense), path, batches)
+    inputs = captured_inputs(dense, path, CALIBRATION)
+    weight = dense.get_submodule(path).weight.detach().double()
+    left = torch.linalg.cholesky(output_metric(fisher, damping)).T
+    columns = [torch.tensor([channel]) for channel in range(weight.shape[1])]
+    expected, _ = greedy_obs(left @ weight, inputs.T @ inputs, columns, len(kept[damping]), ridge=0.01)
+    assert kept[damping] == expected.tolist() != kept[None]
+
+
+def test_a_singular_metric_is_factored_exactly():
+    """An undamped Fisher of fewer tokens than output dimensions is singular: its root still gives `Rᵀ R = M`."""
+    from optimum_hywia.obs import metric_root, output_metric
+
+    gradients = torch.randn(3, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for damping in (0.0, 0.01):
+        metric = output_metric(gradients.T @ gradients, damping)
+        root = metric_root(metric)
+        torch.testing.assert_close(root.T @ root, metric)
+
+
+def test_output_fisher_is_the_same_with_gradient_checkpointing():
+    from optimum_hywia.architectures import get_architecture
+    from optimum_hywia.groups import build_group_sets
+    from optimum_hywia.importance.statistics import GradientStatistics
+    from optimum_hywia.memory import CalibrationModel
+
+    model = make_tiny_model("llama-gqa")
+    spec = get_architecture(model.config)
+    group_sets = build_group_sets(model, spec, range(4), ("attention", "mlp"))
+    fishers = []
+    for checkpointing in (False, True):
+        statistics = GradientStatistics(group_sets, output_fisher=True)
+        runner = CalibrationModel(model, spec, None, None, checkpointing)
+        statistics.collect(runner, CALIBRATION.split(8), show_progress=False)
+        fishers.append(statistics.output_fisher)
+    assert set(fishers[0]) == {gs.key for gs in group_sets}
+    for key, fisher in fishers[0].items():
+        assert fisher.shape == (model.config.hidden_size,) * 2 and fisher.abs().sum() > 0
+        torch.testing.assert_close(fishers[1][key], fisher, rtol=1e-4, atol=1e-10)
+    expected = output_fisher(model, "model.layers.2.self_attn.o_proj", CALIBRATION.split(8))
+    torch.testing.assert_close(fishers[0][(2, "attention")].double(), expected, rtol=1e-4, atol=1e-10)
 
 
 def test_flap_scores_are_the_standardised_fluctuation_of_the_input_columns():

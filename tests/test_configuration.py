@@ -52,6 +52,8 @@ def test_round_trip_through_hywia_config_json(tmp_path):
         (dict(layer_range=(5, 2)), "layer_range must satisfy"),
         (dict(layer_range=(0, 2, 3)), "layer_range must be two integers"),
         (dict(seed=True), "seed must be an integer"),
+        (dict(reconstruction_reselect_damping=-0.1), "reconstruction_reselect_damping must be >= 0"),
+        (dict(reconstruction_reselect_damping=float("inf")), "or None for the plain squared error"),
     ],
 )
 def test_invalid_fields_get_a_clear_error(kwargs, message):

@@ -21,6 +21,8 @@ CASES = [
     ("slimgpt", "uniform", "least_squares"),
     # the compensated choice between HyWIA's selection and element2's: each candidate's KL all-reduced
     ("hywia", "per_layer", "least_squares"),
+    # groups re-chosen by OBS in the metric of the output Fisher, all-reduced with the gradient statistics
+    ("element1", "per_layer", "least_squares+reselect"),
 ]
 
 SCRIPT = """
@@ -38,7 +40,8 @@ def prune(model, importance, layout, reconstruction="none", batch_size=2):  # 8 
     config = HyWIAConfig(
         pruning_ratio=0.3, importance=importance, layout=layout, num_calibration_samples=16,
         calibration_sequence_length=32, calibration_batch_size=batch_size, fusion_steps=4, fusion_learning_rate=0.2,
-        reconstruction=reconstruction,
+        reconstruction=reconstruction.removesuffix("+reselect"),
+        reconstruction_reselect=reconstruction.endswith("+reselect"),
     )
     pruner = HyWIAPruner(model, config)
     pruner.prune(arithmetic_sequences(16, seed=7), show_progress=False)
@@ -118,7 +121,7 @@ def test_two_gloo_ranks_keep_the_same_groups_and_weights_as_one_process(runs, im
         assert rank[case]["selection"][1] == pytest.approx(single["selection"][1], rel=1e-5)
     if importance == "hywia":
         assert len(single["losses"]) == 4
-    if reconstruction == "least_squares" and importance == "hywia":
+    if reconstruction.startswith("least_squares") and importance == "hywia":
         assert set(single["selection"][1]) == {"hywia", "element2"}  # two distinct candidates: the choice ran
 
 

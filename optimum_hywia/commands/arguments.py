@@ -101,6 +101,18 @@ def ratio(text: str) -> float:
     return value
 
 
+PLAIN = "plain"  # --reconstruction-reselect-damping: the plain squared error (HyWIAConfig's None)
+
+
+def damping(text: str) -> float | str:
+    if text == PLAIN:
+        return PLAIN
+    value = float(text)
+    if not 0.0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number >= 0 or {PLAIN!r}, got {text}")
+    return value
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("output and logging")
     group.add_argument("--quiet", action="store_true", help="no progress bars and no progress log lines")
@@ -201,6 +213,14 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         help="with least squares, re-choose which groups of each layer go by greedy structured OBS on the pruned "
         "model's inputs, keeping each layer's count (default: off)",
+    )
+    group.add_argument(
+        "--reconstruction-reselect-damping",
+        type=damping,
+        metavar="DELTA",
+        help="with --reconstruction-reselect, judge each removal by the output change in the metric of the "
+        "loss gradients' second moments at that output, damped by DELTA times their mean diagonal; "
+        f"{PLAIN!r}: the plain squared error, SlimGPT's (default: 0.01)",
     )
     group.add_argument(
         "--selection-candidates",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..data.inputs import is_token_ids
+from . import arguments
 
 EXIT_OK, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 130
 BUILTIN_TEXTS = ("mix", "lambada", "wikipedia")
@@ -109,9 +110,12 @@ def _hywia_config(args: argparse.Namespace, config_class: Any) -> Any:
         "reconstruction_ridge": args.reconstruction_ridge,
         "reconstruction_drift": args.reconstruction_drift,
         "reconstruction_reselect": args.reconstruction_reselect,
+        "reconstruction_reselect_damping": args.reconstruction_reselect_damping,
         "selection_candidates": args.selection_candidates,
     }
     values.update({key: value for key, value in flags.items() if value is not None})
+    if values.get("reconstruction_reselect_damping") == arguments.PLAIN:
+        values["reconstruction_reselect_damping"] = None
     values.pop("optimum_hywia_version", None)
     return config_class.from_dict(values)
 

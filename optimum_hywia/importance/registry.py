@@ -204,12 +204,17 @@ class ScoringContext:
             runner = self.calibration_runner()
             rank, world_size = distributed_world()
             start = time.perf_counter()
-            statistics = GradientStatistics(self.group_sets)
+            statistics = GradientStatistics(self.group_sets, output_fisher=self.config.reselects_by_output_fisher)
             statistics.collect(runner, shard_batches(self.batches, rank, world_size), self.progress)
             all_reduce_statistics(statistics)
             self.seconds["gradients"] = time.perf_counter() - start
             self._statistics = statistics
         return self._statistics
+
+    def output_fisher(self) -> dict:
+        """The output Fisher of every set's input-sliced projection (`GradientStatistics.output_fisher`), from the
+        gradient pass: the importance's own if it ran one, else a pass for it alone."""
+        return self.gradient_statistics().output_fisher
 
     def check_memory(self) -> None:
         """Show the memory estimate of a gradient pass and refuse one that cannot fit (`config.check_memory`)."""

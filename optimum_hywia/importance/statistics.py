@@ -37,17 +37,52 @@ class IndexStatistics:
 
 
 class GradientStatistics:
-    """Collect `IndexStatistics` for every projection of `group_sets` during backward passes."""
+    """Collect `IndexStatistics` for every projection of `group_sets` during backward passes.
 
-    def __init__(self, group_sets: list[GroupSet]):
+    With `output_fisher`, also the output Fisher of each set's projection sliced along its input, `F = Σ_t g_t g_tᵀ`
+    over calibration tokens `t` (`g_t`: the loss gradient at that projection's output; float32, `[out, out]` per
+    set, in `self.output_fisher`): how much the loss cares about each direction of the output a refit changes
+    (`HyWIAConfig.reconstruction_reselect`).
+    """
+
+    def __init__(self, group_sets: list[GroupSet], output_fisher: bool = False):
         self.group_sets = group_sets
         self.stats: dict[tuple[int, str], list[IndexStatistics]] = {}
+        self.output_fisher: dict[tuple[int, str], torch.Tensor] = {}
+        self._fisher_wanted = output_fisher
         self.num_batches = 0
         for group_set in group_sets:
             self.stats[group_set.key] = [
                 IndexStatistics(*(torch.zeros(p.size, dtype=torch.float64) for _ in range(3)))
                 for p in group_set.projections
             ]
+
+    def _fisher_hooks(self) -> list:
+        """Forward hooks that fold the gradient at each input-sliced projection's output into `output_fisher`.
+        Only outputs on the backward path count: a checkpoint's recomputation (no gradient reaches its outputs,
+        or no gradient is recorded) adds nothing, so the sums are the same with and without checkpointing."""
+
+        def forward_hook(key):
+            def hook(module, args, output):
+                if torch.is_grad_enabled() and output.requires_grad:
+                    output.register_hook(lambda grad: self._add_fisher(key, grad))
+
+            return hook
+
+        handles = []
+        for group_set in self.group_sets:
+            for projection in group_set.projections:
+                if projection.spec.dim == "in":
+                    handles.append(projection.module.register_forward_hook(forward_hook(group_set.key)))
+        return handles
+
+    def _add_fisher(self, key: tuple[int, str], grad: torch.Tensor) -> None:
+        rows = grad.detach().reshape(-1, grad.shape[-1]).float()
+        product = (rows.T @ rows).cpu()
+        if key in self.output_fisher:
+            self.output_fisher[key] += product
+        else:
+            self.output_fisher[key] = product
 
     def _hook(self, stats: IndexStatistics, reduce_dim: int):
         def fold(param: torch.Tensor) -> None:
@@ -72,6 +107,7 @@ class GradientStatistics:
                 if projection.spec.dim == "out" and bias is not None:
                     tracked[id(bias)] = (bias, self._hook(stats, 1))
         previous = [(param, param.requires_grad) for param in model.parameters()]
+        fisher_handles: list = []
         if _encoder(model) is not None:  # encoder targets are the embeddings of this (dense) model
             vars(_encoder(model)).pop(_DENSE_TARGETS, None)
         try:
@@ -79,6 +115,7 @@ class GradientStatistics:
                 param.requires_grad_(id(param) in tracked)
             device = execution_device(model)
             batches = list(batches)
+            fisher_handles = self._fisher_hooks() if self._fisher_wanted else []
             with post_accumulate_grad_hooks(model, list(tracked.values())):
                 for batch in tqdm(batches, desc="HyWIA calibration (gradients)", disable=not show_progress):
                     batch = batch.to(device)
@@ -87,6 +124,8 @@ class GradientStatistics:
                     loss.backward()
                     self.num_batches += 1
         finally:
+            for handle in fisher_handles:
+                handle.remove()
             for param, requires_grad in previous:
                 param.requires_grad_(requires_grad)
                 param.grad = None
