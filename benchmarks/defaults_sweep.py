@@ -32,13 +32,14 @@ from optimum_hywia import HyWIAConfig, HyWIAPruner
 from optimum_hywia.data.models import SMOLLM2_HUB_ID, model_source
 
 RESULTS = Path(__file__).resolve().parent / "results" / "defaults_sweep.json"
-# the library defaults when the sweep began (layers 3..27, no drift correction): every variant states its changes
+# the library defaults when the sweep began (layers 3..27, no drift, no OBS): every variant states its changes
 BASE = {
     "num_calibration_samples": 128,
     "calibration_sequence_length": 128,
     "reconstruction": "least_squares",
     "layer_range": (3, 28),
     "reconstruction_drift": 0.0,
+    "reconstruction_reselect": False,
 }
 EVERY_LAYER = {"layer_range": (0, 30)}  # SmolLM2-135M's 30 decoder layers
 # the library's defaults since 2026-12-05 (every layer, 256 windows, drift correction 0.25)

@@ -455,7 +455,7 @@ def remove_and_compensate(
             enable_bias(model, spec, kind)
             switched.add(kind)
     reselect = getattr(get_importance(config.importance), "reselect", None)
-    fisher = {}
+    fisher = None  # the metric OBS judges removals in, where it is the output Fisher's
     if reconstruction == "least_squares" and config.reconstruction_reselect:
         reselect = reselect_by_obs
         if config.reconstruction_reselect_damping is not None:
@@ -497,7 +497,14 @@ def remove_and_compensate(
             if reselect is not None:  # greedy OBS chooses the groups on the pruned model's inputs
                 count = len(kept[group_set.key])
                 key, ridge = group_set.key, config.reconstruction_ridge
-                metric = output_metric(fisher[key], config.reconstruction_reselect_damping) if key in fisher else None
+                metric = None
+                if fisher is not None:
+                    if key not in fisher:
+                        raise ValueError(
+                            f"reconstruction_reselect_damping needs the output Fisher of {key} from the gradient pass: "
+                            "pass the one score_groups returns, or set reconstruction_reselect_damping=None."
+                        )
+                    metric = output_metric(fisher[key], config.reconstruction_reselect_damping)
                 kept[key] = reselect(group_set, dense, statistics, count, ridge, drift, metric)
             groups = kept[group_set.key]
             remove_groups([group_set], kept)

@@ -108,9 +108,12 @@ class HyWIAConfig:
         reconstruction_reselect: with least squares, re-choose which groups of each layer go, layer by layer on the
             pruned model's own inputs, by greedy structured OBS (SlimGPT's: the groups whose removal, after the
             refit, changes the projection's output the least; toward the drift-corrected target with
-            `reconstruction_drift`); the importance still decides how many groups each layer keeps. On
-            SmolLM2-135M, judged in the output Fisher's metric (the default damping), it lowered perplexity on every
-            held-out text at 20% and 50%; judged by the plain squared error, at 50% only
+            `reconstruction_drift`); the importance still decides how many groups each layer keeps. `None`
+            (default): on where compensation is least squares and the importance runs a gradient pass, which then
+            also collects the output Fisher the default damping judges in (`hywia`, `element1`, `element2`,
+            `vector`); off for the others (`flap`, `wanda_sp`, `l2`, `random`; `slimgpt` always re-chooses by its
+            own plain OBS). On SmolLM2-135M, judged in the output Fisher's metric, it lowered HyWIA's perplexity on
+            every held-out text at 50% and on average at 20%; judged by the plain squared error, at 50% only
             (docs/results_compensation.md). Costs one greedy OBS per pruned kind and layer (about 50 s per
             compensation pass for SmolLM2-135M on 2 CPU cores).
         reconstruction_reselect_damping: how `reconstruction_reselect` measures a removal's cost. A number `δ`: the
@@ -155,7 +158,7 @@ class HyWIAConfig:
     reconstruction_ridge: float = 0.01
     reconstruction_drift: float = 0.25
     reconstruction_bias: bool = True
-    reconstruction_reselect: bool = False
+    reconstruction_reselect: bool | None = None
     reconstruction_reselect_damping: float | None = 0.01
     selection_candidates: tuple[str, ...] = SELECTION_CANDIDATES
     optimum_hywia_version: str = field(default="", repr=False)
@@ -241,9 +244,14 @@ class HyWIAConfig:
                     "reconstruction_reselect_damping must be >= 0 and finite (or None for the plain squared error), "
                     f"got {self.reconstruction_reselect_damping}."
                 )
-        for name in ("gradient_checkpointing", "check_memory", "reconstruction_bias", "reconstruction_reselect"):
+        for name in ("gradient_checkpointing", "check_memory", "reconstruction_bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")
+        if self.reconstruction_reselect is not None and not isinstance(self.reconstruction_reselect, bool):
+            raise ValueError(
+                "reconstruction_reselect must be true, false or null (on where the importance takes a gradient "
+                f"pass), got {self.reconstruction_reselect!r}."
+            )
         _check_number("seed", self.seed, int)
         if self.fusion_alpha is not None:
             _check_number("fusion_alpha", self.fusion_alpha, float)

@@ -196,6 +196,7 @@ def estimate_calibration_memory(
     autocast_dtype: str | None = None,
     gradient_checkpointing: bool = False,
     trainable_fraction: float = 1.0,
+    output_fisher_sets: int = 0,
 ) -> MemoryEstimate:
     """Predicted peak of one calibration forward/backward pass.
 
@@ -211,7 +212,9 @@ def estimate_calibration_memory(
     - gradients: the lean path frees each gradient once folded, so the transient peak is the largest prunable
       weight; with micro-batches autograd accumulates the batch gradient of every prunable weight first
       (`trainable_fraction` of the decoder-layer weights);
-    - statistics: three float64 sums per row/column of every prunable projection;
+    - statistics: three float64 sums per row/column of every prunable projection, plus, for `output_fisher_sets`
+      group sets, one float32 `[hidden, hidden]` output Fisher each (`HyWIAConfig.reconstruction_reselect`; the
+      input-sliced projections all write to the residual stream);
     - offloaded: the prunable weights of offloaded layers (`trainable_fraction` of them), which the offload hooks
       restore on the execution device for a forward and which autograd keeps there until that batch's backward.
     """
@@ -247,6 +250,7 @@ def estimate_calibration_memory(
     else:
         gradients = 2 * largest
     statistics = 3 * 8 * num_layers * sum(sum(m.weight.shape) for m in layer_linears)
+    statistics += output_fisher_sets * hidden * hidden * 4
     offloaded_names = offloaded_parameter_names(model)
     offloaded = sum(
         p.numel() * p.element_size() * trainable_fraction

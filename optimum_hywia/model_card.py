@@ -114,7 +114,7 @@ def build_model_card(
     )
     per_layer = bool(model_config.get("hywia_linear_shapes"))
     sections = [
-        _title_section(name, report, source, per_layer),
+        _title_section(name, report, source, per_layer) + _compensation_sentence(hywia_config),
         _size_section(report),
         _layers_section(report),
         _evaluation_section(evaluation),
@@ -204,6 +204,26 @@ def _title_section(name: str, report: dict, source: ModelSource, per_layer: bool
             if per_layer
             else "\n\nThe config is a vanilla transformers config: the checkpoint loads without any extra code."
         )
+    )
+
+
+def _compensation_sentence(hywia_config: dict) -> str:
+    """What compensation did (no training), appended to the title section."""
+    reconstruction = hywia_config.get("reconstruction")
+    if reconstruction == "bias":
+        return "\n\nNo training: the removed channels' mean contribution moved into the biases (FLAP's compensation)."
+    if reconstruction != "least_squares":
+        return ""
+    reselected = hywia_config.get("reconstruction_reselect") or hywia_config.get("importance") == "slimgpt"
+    return (
+        "\n\nNo training: layer by layer on calibration text, "
+        + (
+            "structured OBS re-chose which groups of each layer go (each layer keeping its count), and "
+            if reselected
+            else ""
+        )
+        + "the projections that read the pruned widths were refit by least squares to reproduce the dense layers' "
+        "outputs."
     )
 
 

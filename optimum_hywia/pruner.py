@@ -25,6 +25,7 @@ from .compensation import check_reconstruction
 from .configuration import HyWIAConfig
 from .distributed import broadcast_kept_groups
 from .groups import build_group_sets, decoder_layers
+from .importance.registry import get_importance
 from .loading import check_prunable, load_model_and_tokenizer
 from .model_card import REPORT_NAME, ModelSource, describe_source, write_model_card
 from .modeling import MODELING_FILE
@@ -190,8 +191,12 @@ class HyWIAPruner:
         config, changes = self.config, {}
         if config.reconstruction is None:  # compensate whenever there is data to fit on
             changes["reconstruction"] = "none" if calibration_data is None else "least_squares"
+        reconstruction = changes.get("reconstruction", config.reconstruction)
+        if config.reconstruction_reselect is None:  # where the gradient pass collects the output Fisher anyway
+            method = get_importance(config.importance)
+            changes["reconstruction_reselect"] = reconstruction == "least_squares" and method.needs_gradients
         if config.fusion_ranking is None:  # the compensated choice between selections supersedes the ranking choice
-            compensated = changes.get("reconstruction", config.reconstruction) != "none"
+            compensated = reconstruction != "none"
             choice = compensated and config.selection_candidates and why_no_choice(self.model, self.spec) is None
             changes["fusion_ranking"] = "fused" if choice else "select"
         return dataclasses.replace(config, **changes) if changes else config

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -326,3 +327,15 @@ def test_a_checkpoint_without_tokenizer_gets_a_one_line_error_naming_the_fixes(w
     argv = ["prune", str(bare), "-o", str(tmp_path / "ids"), "--calibration-data", str(tmp_path / "ids.jsonl")]
     assert main([*argv, *small]) == 0, capsys.readouterr().err
     assert (tmp_path / "ids" / "model.safetensors").is_file() and not (tmp_path / "ids" / "tokenizer.json").exists()
+
+
+def test_prune_help_states_the_calibration_defaults_the_library_uses():
+    """The CLI module imports no torch, so its help text spells the defaults out: they must stay the library's."""
+    from optimum_hywia.commands.arguments import add_prune_arguments
+    from optimum_hywia.data.calibration import DEFAULT_NUM_SAMPLES, DEFAULT_SEQUENCE_LENGTH
+
+    parser = argparse.ArgumentParser()
+    add_prune_arguments(parser)
+    helps = {action.dest: action.help for action in parser._actions}
+    assert f"(default: {DEFAULT_NUM_SAMPLES})" in helps["samples"]
+    assert f"(default: {DEFAULT_SEQUENCE_LENGTH})" in helps["sequence_length"]

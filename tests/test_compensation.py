@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 
@@ -477,6 +478,46 @@ def test_output_fisher_is_the_same_with_gradient_checkpointing():
         torch.testing.assert_close(fishers[1][key], fisher, rtol=1e-4, atol=1e-10)
     expected = output_fisher(model, "model.layers.2.self_attn.o_proj", CALIBRATION.split(8))
     torch.testing.assert_close(fishers[0][(2, "attention")].double(), expected, rtol=1e-4, atol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("importance", "reconstruction", "reselects"),
+    [
+        ("hywia", None, True),  # least squares, since there is calibration data
+        ("element1", "least_squares", True),
+        ("element1", "none", False),
+        ("wanda_sp", "least_squares", False),  # no gradient pass to collect the output Fisher
+        ("slimgpt", "least_squares", False),  # re-chooses by its own plain OBS
+    ],
+)
+def test_reselect_is_on_by_default_where_the_gradient_pass_collects_the_output_fisher(
+    importance, reconstruction, reselects
+):
+    dense = make_tiny_model("llama-gqa")
+    config = mlp_reselect_config(importance, 0.5, reconstruction=reconstruction, reconstruction_reselect=None)
+    pruner = HyWIAPruner(copy.deepcopy(dense), config)
+    pruner.prune(CALIBRATION, show_progress=False)
+    assert pruner.config.reconstruction_reselect is reselects  # resolved, and so saved in hywia_config.json
+    explicit = HyWIAPruner(copy.deepcopy(dense), dataclasses.replace(config, reconstruction_reselect=reselects))
+    explicit.prune(CALIBRATION, show_progress=False)
+    assert pruner.report.kept_groups == explicit.report.kept_groups
+
+
+def test_reselect_in_the_fisher_metric_refuses_to_run_without_the_fisher():
+    from optimum_hywia.architectures import get_architecture
+    from optimum_hywia.compensation import remove_and_compensate
+    from optimum_hywia.groups import build_group_sets
+    from optimum_hywia.surgery import layer_widths
+
+    model = make_tiny_model("llama-gqa")
+    spec = get_architecture(model.config)
+    group_sets = build_group_sets(model, spec, range(4), ("mlp",))
+    kept = {gs.key: torch.arange(gs.num_groups // 2) for gs in group_sets}
+    config = mlp_reselect_config("element1", 0.5)
+    with pytest.raises(ValueError, match="needs the output Fisher of"):
+        remove_and_compensate(
+            model, spec, config, group_sets, kept, list(CALIBRATION.split(8)), layer_widths(model, spec), False
+        )
 
 
 def test_flap_scores_are_the_standardised_fluctuation_of_the_input_columns():

@@ -19,9 +19,10 @@ CASES = [
     # compensation: each rank propagates its share of the batches; the input statistics are all-reduced
     ("element1", "per_layer", "least_squares"),
     ("slimgpt", "uniform", "least_squares"),
-    # the compensated choice between HyWIA's selection and element2's: each candidate's KL all-reduced
-    ("hywia", "per_layer", "least_squares"),
-    # groups re-chosen by OBS in the metric of the output Fisher, all-reduced with the gradient statistics
+    # the default pipeline: the compensated choice between HyWIA's selection and element2's (each candidate's KL
+    # all-reduced), each layer's groups re-chosen by OBS in the metric of the output Fisher (all-reduced with the
+    # gradient statistics)
+    ("hywia", "per_layer", "least_squares+reselect"),
     ("element1", "per_layer", "least_squares+reselect"),
 ]
 

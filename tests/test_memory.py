@@ -115,6 +115,22 @@ def test_each_knob_lowers_the_estimate():
     assert "GiB" in base.summary()
 
 
+def test_the_output_fisher_counts_what_the_gradient_pass_keeps(token_batch):
+    from optimum_hywia.groups import build_group_sets
+    from optimum_hywia.importance.statistics import GradientStatistics
+
+    model = make_tiny_model("llama-gqa")
+    group_sets = build_group_sets(model, SPEC, range(4), ("attention", "mlp"))
+    statistics = GradientStatistics(group_sets, output_fisher=True)
+    statistics.collect(model, [token_batch], show_progress=False)
+    kept = sum(fisher.numel() * fisher.element_size() for fisher in statistics.output_fisher.values())
+    base = estimate_calibration_memory(model, SPEC, batch_size=8, sequence_length=64)
+    with_fisher = estimate_calibration_memory(
+        model, SPEC, batch_size=8, sequence_length=64, output_fisher_sets=len(group_sets)
+    )
+    assert with_fisher.statistics - base.statistics == kept > 0
+
+
 def test_a_run_that_cannot_fit_is_refused_with_the_knobs_to_turn(monkeypatch, token_batch):
     estimate = MemoryEstimate(
         weights=10, activations=10 * 2**30, gradients=0, statistics=0, device="cpu", available=2**30

@@ -52,6 +52,24 @@ def test_saved_checkpoint_has_a_card_with_metadata_tables_and_config(tmp_path, l
     assert ("load_pruned_model" in text) and "## Evaluation" not in text and "## LoRA recovery" not in text
 
 
+@pytest.mark.parametrize(
+    ("importance", "reconstruction", "says"),
+    [
+        ("l2", "none", ()),
+        ("l2", "bias", ("into the biases",)),
+        ("l2", "least_squares", ("refit by least squares",)),
+        ("element1", "least_squares", ("structured OBS re-chose", "refit by least squares")),
+    ],
+)
+def test_the_card_says_how_the_pruned_model_was_compensated(tmp_path, importance, reconstruction, says, token_batch):
+    config = HyWIAConfig(pruning_ratio=0.3, importance=importance, reconstruction=reconstruction)
+    pruner = HyWIAPruner(make_tiny_model("llama-gqa"), config)
+    pruner.prune(token_batch, show_progress=False)
+    text = ModelCard.load(pruner.save_pretrained(tmp_path / "pruned") / "README.md").text
+    for phrase in ("into the biases", "structured OBS re-chose", "refit by least squares"):
+        assert (phrase in text) == (phrase in says), phrase
+
+
 def test_license_and_base_model_are_carried_over(tmp_path, monkeypatch):
     # a local base model folder whose README declares a licence
     base = tmp_path / "base"

@@ -212,7 +212,7 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
         "--reconstruction-reselect",
         action=argparse.BooleanOptionalAction,
         help="with least squares, re-choose which groups of each layer go by greedy structured OBS on the pruned "
-        "model's inputs, keeping each layer's count (default: off)",
+        "model's inputs, keeping each layer's count (default: on where the importance takes a gradient pass)",
     )
     group.add_argument(
         "--reconstruction-reselect-damping",

@@ -57,8 +57,9 @@ class ImportanceMethod(ABC):
     needs_activations: ClassVar[bool] = False
     uses_fusion: ClassVar[bool] = False
     per_parameter: ClassVar[bool] = True
-    # optional `reselect(group_set, dense_weights, input_statistics, keep, ridge, drift) -> kept group indices`: the
-    # compensation stage calls it per layer, on the pruned model's inputs, to choose which groups go (SlimGPT)
+    # optional `reselect(group_set, dense_weights, input_statistics, keep, ridge, drift, metric) -> kept group
+    # indices` (as `obs.reselect_by_obs`): the compensation stage calls it per layer, on the pruned model's inputs, to
+    # choose which groups go (SlimGPT)
     reselect: ClassVar[Any] = None
 
     @property
@@ -238,6 +239,7 @@ class ScoringContext:
             config.autocast_dtype,
             config.gradient_checkpointing,
             trainable_fraction=min(decoder_weights / max(layer_weights, 1), 1.0),
+            output_fisher_sets=len(self.group_sets) if config.reselects_by_output_fisher else 0,
         )
         if self.progress:  # once: on the console when progress is shown, else in the log
             print(estimate.summary(), flush=True)
