@@ -15,8 +15,6 @@ CONFIG_NAME = "hywia_config.json"
 FINE_ESTIMATORS = ("element1", "element2")
 FUSION_OBJECTIVES = ("distillation", "lm")
 FUSION_RANKINGS = ("select", "fused", "element1", "element2", "vector")
-# the importances whose selection HyWIA can weigh against its own: they read its gradient pass
-CANDIDATE_ESTIMATES = (*FINE_ESTIMATORS, "vector", "fisher_obs")
 SELECTION_CANDIDATES = ("element2",)  # docs/method.md §7b: element1's selection never won the compensated choice
 GROUP_KINDS = ("attention", "mlp")
 LAYOUTS = ("uniform", "per_layer")
@@ -124,9 +122,9 @@ class HyWIAConfig:
             `F + δ · mean(diag F) · I`, so a removal costs what the loss cares about; `None`: the plain squared
             error of the layer-wise OBS (SlimGPT's). Memory: one `[hidden, hidden]` float32 matrix per pruned layer
             and kind.
-        selection_candidates: single estimates (`element1`, `element2`, `vector`, `fisher_obs`) whose own selection --
-            their per-layer counts and ranking over the same plan -- HyWIA weighs against its own once compensation is
-            on: each candidate is removed and compensated, and the one whose compensated model is closest to the dense
+        selection_candidates: single estimates (`element1`, `element2`, `vector`) whose own selection -- their
+            per-layer counts and ranking over the same plan -- HyWIA weighs against its own once compensation is on:
+            each candidate is removed and compensated, and the one whose compensated model is closest to the dense
             model (KL of the next-token distributions) on held-out windows of the calibration text, four times as
             long as calibration's and sharing no token with them, is kept (`optimum_hywia.selection`;
             `PruningReport.selection`). Costs one compensation pass per candidate and one copy of the model while it
@@ -204,7 +202,7 @@ class HyWIAConfig:
             )
         _check_subset("group_kinds", self.group_kinds, GROUP_KINDS)
         if self.selection_candidates:
-            _check_subset("selection_candidates", self.selection_candidates, CANDIDATE_ESTIMATES)
+            _check_subset("selection_candidates", self.selection_candidates, (*FINE_ESTIMATORS, "vector"))
         for name in ("fusion_steps",):
             _check_number(name, getattr(self, name), int)
             if getattr(self, name) < 0:

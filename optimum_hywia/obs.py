@@ -81,54 +81,38 @@ def greedy_obs(
     inverse = damped_inverse(gram.double(), ridge)
     w = weight.double().to(inverse.device).clone()
     alive = torch.ones(len(columns), dtype=torch.bool)
-    for groups, _ in removal_steps(w, inverse, columns, len(columns) - keep):
-        alive[groups] = False
+    if all(len(c) == 1 for c in columns):
+        return _greedy_obs_channels(w, inverse, torch.cat(columns).to(inverse.device), keep)
+    for _ in range(len(columns) - keep):
+        group = int(torch.argmin(_costs(w, inverse, columns, alive)))
+        q = columns[group].to(inverse.device)
+        block_inverse = torch.linalg.inv(inverse[q][:, q])
+        w -= w[:, q] @ block_inverse @ inverse[q, :]
+        inverse -= inverse[:, q] @ block_inverse @ inverse[q, :]
+        w[:, q] = 0
+        alive[group] = False
     return torch.nonzero(alive).flatten(), w
 
 
-def removal_steps(w: torch.Tensor, inverse: torch.Tensor, columns: list[torch.Tensor], remove: int):
-    """Greedy structured OBS removing `remove` groups from `w` (`[out, in]`, float64) with `inverse` = `H⁻¹`, both
-    updated in place: yields each step's removed groups (a LongTensor) and its cost, the increase of the output
-    error (`tr(W_q ([H⁻¹]_qq)⁻¹ W_qᵀ)` of the step's columns `q`). Groups of several columns go one at a time, the
-    cheapest first; channels (one column per group) as SlimGPT's dynamic group size: the cheapest eighth of those
-    still to remove at each step (one at a time for the last eight), with the exact block update."""
-    alive = torch.ones(len(columns), dtype=torch.bool)
-    channels = all(len(c) == 1 for c in columns)
-    flat = torch.cat(columns).to(inverse.device) if channels else None
-    while remove > 0:
-        if channels:
-            costs = w[:, flat].square().sum(0) / inverse.diagonal()[flat].clamp_min(1e-30)
-            costs[~alive.to(costs.device)] = float("inf")
-            groups = torch.topk(costs, -(-remove // 8), largest=False).indices.cpu()
-        else:
-            groups = torch.argmin(_costs(w, inverse, columns, alive)).reshape(1)
-        q = torch.cat([columns[group] for group in groups.tolist()]).to(inverse.device)
-        block_inverse = torch.linalg.inv(inverse[q][:, q])
-        moved = w[:, q] @ block_inverse
-        cost = float((moved * w[:, q]).sum())
-        w.sub_(moved @ inverse[q])
-        inverse.sub_((inverse[:, q] @ block_inverse) @ inverse[q])
-        w[:, q] = 0
-        alive[groups] = False
-        remove -= len(groups)
-        yield groups, cost
-
-
-def removal_path_scores(
-    weight: torch.Tensor, gram: torch.Tensor, columns: list[torch.Tensor], ridge: float
-) -> torch.Tensor:
-    """Each group's cost along the greedy OBS path that removes every group (float64, one per group): its share of
-    the step that removes it (the step's cost over its groups), raised to the highest share of the steps before.
-    So the costs rise along the path (the groups above any threshold are the ones it removes last), and those of
-    different projections compare as the marginal cost of removing one more group."""
-    inverse = damped_inverse(gram.double(), ridge)
-    w = weight.double().to(inverse.device).clone()
-    scores = torch.zeros(len(columns), dtype=torch.float64)
-    highest = 0.0
-    for groups, cost in removal_steps(w, inverse, columns, len(columns)):
-        highest = max(highest, cost / len(groups))
-        scores[groups] = highest
-    return scores
+def _greedy_obs_channels(w: torch.Tensor, inverse: torch.Tensor, flat: torch.Tensor, keep: int):
+    """`greedy_obs` for one column per group. As SlimGPT's dynamic group size, the cheapest eighth of the columns
+    still to remove goes at each step (one at a time for the last eight), with the exact block OBS update."""
+    w, inverse = w[:, flat], inverse[flat][:, flat]  # columns in group order
+    alive = torch.ones(len(flat), dtype=torch.bool, device=w.device)
+    remaining = len(flat) - keep
+    while remaining > 0:
+        costs = w.square().sum(0) / inverse.diagonal().clamp_min(1e-30)
+        costs[~alive] = float("inf")
+        block = torch.topk(costs, -(-remaining // 8), largest=False).indices
+        block_inverse = torch.linalg.inv(inverse[block][:, block])
+        w.sub_((w[:, block] @ block_inverse) @ inverse[block])
+        inverse.sub_((inverse[:, block] @ block_inverse) @ inverse[block])
+        w[:, block] = 0
+        alive[block] = False
+        remaining -= len(block)
+    updated = torch.zeros_like(w)
+    updated[:, flat] = w
+    return torch.nonzero(alive).flatten().cpu(), updated
 
 
 def obs_kept_groups(

@@ -446,63 +446,6 @@ def test_reselect_judges_removals_in_the_metric_of_the_output_fisher(damping):
     assert kept[damping] == expected.tolist() != kept[None]
 
 
-@pytest.mark.parametrize("width", [1, 2])  # MLP channels (block steps), heads of 2 columns
-def test_obs_path_costs_add_up_to_the_error_of_the_refit_and_rise_along_the_path(width):
-    """Each greedy step's cost is what it adds to `tr(ΔW H ΔWᵀ)` (`H = G + λI`, `ΔW` from the dense weight to the
-    updated one); `removal_path_scores` rise along the path that removes every group."""
-    from optimum_hywia.obs import damped_inverse, greedy_obs, removal_path_scores, removal_steps
-
-    generator = torch.Generator().manual_seed(4)
-    mixing = torch.randn(12, 12, generator=generator, dtype=torch.float64)
-    inputs = torch.randn(300, 12, generator=generator, dtype=torch.float64) @ mixing
-    weight = torch.randn(6, 12, generator=generator, dtype=torch.float64)
-    gram = inputs.T @ inputs
-    columns = [torch.arange(start, start + width) for start in range(0, 12, width)]
-    hessian = gram + 0.01 * gram.diagonal().mean() * torch.eye(12, dtype=torch.float64)
-    w, inverse, total, order = weight.clone(), damped_inverse(gram, 0.01), 0.0, []
-    for groups, cost in removal_steps(w, inverse, columns, len(columns) - 2):
-        total += cost
-        order.extend(groups.tolist())
-        change = w - weight
-        torch.testing.assert_close(total, float(torch.trace(change @ hessian @ change.T)), rtol=1e-8, atol=0)
-    torch.testing.assert_close(w, greedy_obs(weight, gram, columns, 2, 0.01)[1])
-
-    path = [g for groups, _ in removal_steps(weight.clone(), damped_inverse(gram, 0.01), columns, len(columns))
-            for g in groups.tolist()]  # fmt: skip
-    scores = removal_path_scores(weight, gram, columns, 0.01)
-    assert sorted(path) == list(range(len(columns))) and scores[path].diff().min() >= 0
-
-
-def test_fisher_obs_scores_are_the_obs_path_in_the_output_fisher_metric_on_dense_inputs():
-    """`importance="fisher_obs"`: layer 0's MLP scores are `removal_path_scores` of `Lᵀ W` (`F + δ mean(diag F) I =
-    L Lᵀ`, `F` the loss gradients' second moments at `down_proj`'s output) with the dense inputs' Gram, and they
-    price removals differently from the plain squared error."""
-    from optimum_hywia.architectures import get_architecture
-    from optimum_hywia.groups import build_group_sets
-    from optimum_hywia.importance import ScoringContext, get_importance
-    from optimum_hywia.obs import output_metric, removal_path_scores
-    from optimum_hywia.scoring import calibration_batches
-
-    dense = make_tiny_model("llama-gqa")
-    path = "model.layers.0.mlp.down_proj"
-    config = mlp_reselect_config("fisher_obs", 0.5)
-    model, spec = copy.deepcopy(dense), get_architecture(dense.config)
-    group_sets = build_group_sets(model, spec, range(4), ("mlp",))
-    batches = calibration_batches(model, config, None, CALIBRATION)
-    context = ScoringContext(model, spec, config, group_sets, None, 4, batches, show_progress=False)
-    scores = get_importance("fisher_obs").score(context)
-
-    fisher = output_fisher(copy.deepcopy(dense), path, batches)
-    inputs = captured_inputs(dense, path, CALIBRATION)
-    weight = dense.get_submodule(path).weight.detach().double()
-    left = torch.linalg.cholesky(output_metric(fisher, config.reconstruction_reselect_damping)).T
-    columns = [torch.tensor([channel]) for channel in range(weight.shape[1])]
-    expected = removal_path_scores(left @ weight, inputs.T @ inputs, columns, 0.01)
-    torch.testing.assert_close(scores[(0, "mlp")], expected, rtol=1e-4, atol=0)
-    plain = removal_path_scores(weight, inputs.T @ inputs, columns, 0.01)
-    assert not torch.equal(expected.argsort(), plain.argsort())
-
-
 def test_a_singular_metric_is_factored_exactly():
     """An undamped Fisher of fewer tokens than output dimensions is singular: its root still gives `Rᵀ R = M`."""
     from optimum_hywia.obs import metric_root, output_metric

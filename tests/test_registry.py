@@ -68,7 +68,7 @@ def test_a_method_registered_from_outside_prunes_through_the_config(clean_regist
 
 
 def test_unknown_and_duplicate_names_get_one_line_errors(clean_registry):
-    with pytest.raises(ValueError, match=r"importance must be one of \['hywia', .*'fisher_obs'\], got 'nope'"):
+    with pytest.raises(ValueError, match=r"importance must be one of \['hywia', .*'slimgpt'\], got 'nope'"):
         HyWIAConfig(importance="nope")
     with pytest.raises(ValueError, match="already registered; pass overwrite=True"):
         register_importance("l2")(type("Other", (ImportanceMethod,), {"score": lambda self, context: {}}))

@@ -10,7 +10,6 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..configuration import CANDIDATE_ESTIMATES
 from ..importance.registry import importance_names
 
 TASK_CHOICES = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
@@ -226,7 +225,7 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--selection-candidates",
         nargs="*",
-        choices=CANDIDATE_ESTIMATES,
+        choices=("element1", "element2", "vector"),
         help="single estimates whose own selections HyWIA weighs against its own after compensation, keeping the "
         "one closest to the dense model on calibration data; none: no choice (default: element2)",
     )

@@ -11,7 +11,7 @@ from .estimators import gradient_scores, l2_scores, random_scores
 from .fusion import HybridFusion
 from .ranking import FUSED, choose_rankings, rank_slots
 from .registry import ImportanceMethod, ScoringContext, get_importance
-from .slimgpt import FisherOBS, SlimGPT
+from .slimgpt import SlimGPT
 from .statistics import cached_teacher
 
 
@@ -79,7 +79,7 @@ class HyWIA(ImportanceMethod):
                 result.ranking = {kind: ranking for kind in config.group_kinds}
                 result.scores = rank_slots(context.group_sets, result.scores, estimates, result.ranking)
         for name in config.selection_candidates:  # each estimate's own selection, as its own prune would make it
-            scores = estimates[name] if name in estimates else get_importance(name).score(context)
+            scores = estimates[name] if name in estimates else gradient_scores(name, statistics)
             result.alternatives[name] = get_importance(name).comparable(scores, context.group_sets, config.layout)
         return result.scores, result
 
@@ -164,5 +164,4 @@ BUILT_IN_METHODS: dict[str, type[ImportanceMethod]] = {
     "wanda_sp": WandaSP,
     "flap": Flap,
     "slimgpt": SlimGPT,
-    "fisher_obs": FisherOBS,
 }

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 Scores = dict["Key", "torch.Tensor"]
 ENTRY_POINT_GROUP = "optimum_hywia.importance"
 # the methods of optimum_hywia.importance.methods, in the order the docs and the CLI list them
-BUILT_IN = ("hywia", "element1", "element2", "vector", "l2", "random", "wanda_sp", "flap", "slimgpt", "fisher_obs")
+BUILT_IN = ("hywia", "element1", "element2", "vector", "l2", "random", "wanda_sp", "flap", "slimgpt")
 
 
 class ImportanceMethod(ABC):
@@ -45,8 +45,7 @@ class ImportanceMethod(ABC):
 
     Class attributes declare what the method needs, so the pipeline prepares only that:
     `needs_calibration` (token batches), `needs_gradients` (a forward+backward pass; implies calibration),
-    `needs_activations` (forward passes only), `uses_fusion` (HyWIA's learned blend), `needs_output_fisher` (the
-    gradient pass also folds each input-sliced projection's output Fisher). `per_parameter`: under the
+    `needs_activations` (forward passes only), `uses_fusion` (HyWIA's learned blend). `per_parameter`: under the
     `per_layer` layout, scores are divided by the parameters of a group so that groups of different sizes compare;
     methods whose scores already compare across layers set it to False.
     """
@@ -57,7 +56,6 @@ class ImportanceMethod(ABC):
     needs_gradients: ClassVar[bool] = False
     needs_activations: ClassVar[bool] = False
     uses_fusion: ClassVar[bool] = False
-    needs_output_fisher: ClassVar[bool] = False
     per_parameter: ClassVar[bool] = True
     # optional `reselect(group_set, dense_weights, input_statistics, keep, ridge, drift, metric) -> kept group
     # indices` (as `obs.reselect_by_obs`): the compensation stage calls it per layer, on the pruned model's inputs, to
@@ -207,20 +205,12 @@ class ScoringContext:
             runner = self.calibration_runner()
             rank, world_size = distributed_world()
             start = time.perf_counter()
-            statistics = GradientStatistics(self.group_sets, output_fisher=self.wants_output_fisher)
+            statistics = GradientStatistics(self.group_sets, output_fisher=self.config.reselects_by_output_fisher)
             statistics.collect(runner, shard_batches(self.batches, rank, world_size), self.progress)
             all_reduce_statistics(statistics)
             self.seconds["gradients"] = time.perf_counter() - start
             self._statistics = statistics
         return self._statistics
-
-    @property
-    def wants_output_fisher(self) -> bool:
-        """Whether the gradient pass folds the output Fisher: for compensation's OBS re-selection in its metric, or
-        for an importance (or a selection candidate) that reads it."""
-        config = self.config
-        names = (config.importance, *config.selection_candidates)
-        return config.reselects_by_output_fisher or any(get_importance(n).needs_output_fisher for n in names)
 
     def output_fisher(self) -> dict:
         """The output Fisher of every set's input-sliced projection (`GradientStatistics.output_fisher`), from the
@@ -249,7 +239,7 @@ class ScoringContext:
             config.autocast_dtype,
             config.gradient_checkpointing,
             trainable_fraction=min(decoder_weights / max(layer_weights, 1), 1.0),
-            output_fisher_sets=len(self.group_sets) if self.wants_output_fisher else 0,
+            output_fisher_sets=len(self.group_sets) if config.reselects_by_output_fisher else 0,
         )
         if self.progress:  # once: on the console when progress is shown, else in the log
             print(estimate.summary(), flush=True)
