@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 from compensation import MODELS
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 from transformers.utils import logging
 
 from optimum_hywia.data.models import SMOLLM2_HUB_ID, model_source
 from optimum_hywia.data.text_sources import evaluation_texts
+from optimum_hywia.evaluation import window_losses
 from optimum_hywia.evaluation.perplexity import token_windows
 from optimum_hywia.modeling import load_pruned_model
 
@@ -43,16 +43,6 @@ def fresh_windows(tokenizer, windows: int) -> dict[str, torch.Tensor]:
         ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
         fresh[name] = token_windows(ids[SKIP * 512 :], 512, windows, spread=True)
     return fresh
-
-
-@torch.inference_mode()
-def window_losses(model, windows: torch.Tensor) -> list[float]:
-    """Mean next-token cross-entropy of each window, scored on its own."""
-    losses = []
-    for window in tqdm(windows, desc="windows", leave=False):
-        logits = model(input_ids=window[None], use_cache=False).logits[0, :-1].float()
-        losses.append(float(torch.nn.functional.cross_entropy(logits, window[1:])))
-    return losses
 
 
 def report(results: dict, runs: list[str]) -> None:
@@ -87,7 +77,7 @@ def main() -> None:
         if not folder.is_dir():
             raise SystemExit(f"{run}: no saved model under {folder}; prune it with benchmarks/compensation.py")
         model = load_pruned_model(folder).eval()
-        results[run] = {name: window_losses(model, w) for name, w in windows.items()}
+        results[run] = {name: window_losses(model, w, show_progress=False) for name, w in windows.items()}
         temporary = RESULTS.with_suffix(".tmp")
         temporary.write_text(json.dumps(results, indent=1) + "\n")
         temporary.replace(RESULTS)

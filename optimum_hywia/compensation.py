@@ -34,6 +34,7 @@ that output, from the gradient pass; `reconstruction_reselect_damping`), or the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -417,6 +418,14 @@ class DenseStream:
         return [*handles, residual_hook(layer, self.points[kind], at_point)]
 
 
+def group_reselection(config: Any) -> Callable | None:
+    """How compensation re-chooses the groups of each set on the pruned model's inputs (greedy OBS), or None where
+    it removes the given groups. Where it re-chooses, a selection only decides how many groups each set keeps."""
+    if config.reconstruction == "least_squares" and config.reconstruction_reselect:
+        return reselect_by_obs
+    return getattr(get_importance(config.importance), "reselect", None)
+
+
 def remove_and_compensate(
     model: nn.Module,
     spec: ArchitectureSpec,
@@ -454,10 +463,9 @@ def remove_and_compensate(
         if config.reconstruction_bias and getattr(sample.module, "bias", None) is None and bias_switches(spec, kind):
             enable_bias(model, spec, kind)
             switched.add(kind)
-    reselect = getattr(get_importance(config.importance), "reselect", None)
+    reselect = group_reselection(config)
     fisher = None  # the metric OBS judges removals in, where it is the output Fisher's
     if reconstruction == "least_squares" and config.reconstruction_reselect:
-        reselect = reselect_by_obs
         if config.reconstruction_reselect_damping is not None:
             fisher = output_fisher or {}
     structure = pruned_structure(model, spec, planned_widths(widths_before, group_sets, kept))

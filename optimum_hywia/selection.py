@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .compensation import remove_and_compensate
+from .compensation import group_reselection, remove_and_compensate
 from .groups import GroupSet, Key, build_group_sets, decoder_layers
 from .importance.statistics import TeacherCache, _encoder
 from .memory import available_memory
@@ -48,12 +48,21 @@ class SelectionChoice:
     losses: dict[str, float]
 
 
-def distinct_candidates(candidates: dict[str, dict[Key, torch.Tensor]]) -> dict[str, dict[Key, torch.Tensor]]:
-    """The candidates in order, without those that keep exactly the groups of an earlier one."""
+def distinct_candidates(
+    candidates: dict[str, dict[Key, torch.Tensor]], counts_only: bool = False
+) -> dict[str, dict[Key, torch.Tensor]]:
+    """The candidates in order, without those that keep exactly the groups of an earlier one; with `counts_only`
+    (compensation re-chooses the groups itself, `compensation.group_reselection`), without those that keep as many
+    groups of every set as an earlier one: both would give the same compensated model."""
+
+    def same(kept: dict[Key, torch.Tensor], other: dict[Key, torch.Tensor]) -> bool:
+        if counts_only:
+            return all(len(kept[key]) == len(other[key]) for key in kept)
+        return all(torch.equal(kept[key], other[key]) for key in kept)
+
     distinct: dict[str, dict[Key, torch.Tensor]] = {}
     for name, kept in candidates.items():
-        same = any(all(torch.equal(kept[key], other[key]) for key in kept) for other in distinct.values())
-        if not same:
+        if not any(same(kept, other) for other in distinct.values()):
             distinct[name] = kept
     return distinct
 
@@ -154,7 +163,7 @@ def compensate_best_selection(
     from .compensation import _chunks
     from .distributed import distributed_world, shard_batches
 
-    candidates = distinct_candidates(candidates)
+    candidates = distinct_candidates(candidates, counts_only=group_reselection(config) is not None)
     names = list(candidates)
 
     def compensate(name: str, target: nn.Module, sets: list[GroupSet]) -> tuple[dict, dict[str, float]]:

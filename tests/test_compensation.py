@@ -6,6 +6,8 @@ import copy
 import dataclasses
 import itertools
 import json
+import math
+import statistics
 
 import pytest
 import torch
@@ -22,6 +24,7 @@ from test_families import (
 from optimum_hywia import HyWIAConfig, HyWIAPruner
 from optimum_hywia.compensation import InputStatistics, refit
 from optimum_hywia.groups import Key, decoder_layers
+from optimum_hywia.importance.slimgpt import incremental_ratios
 
 CALIBRATION = torch.randint(3, VOCAB, (16, 24), generator=torch.Generator().manual_seed(1))
 INPUTS = torch.randint(3, VOCAB, (2, 20), generator=torch.Generator().manual_seed(5))
@@ -553,10 +556,23 @@ def test_the_leaders_prune_through_the_pipeline(importance):
     pruner = HyWIAPruner(model, config)
     pruner.prune(CALIBRATION, show_progress=False)
     assert abs(pruner.report.achieved_ratio - 0.3) < 0.05
-    widths = {layer["after"]["intermediate_size"] for layer in pruner.report.layers}
-    assert len(widths) > 1  # global allocation: layers keep different widths
+    widths = [layer["after"]["intermediate_size"] for layer in pruner.report.layers]
+    assert len(set(widths)) > 1  # layers keep different widths
+    if importance == "slimgpt":  # its Incremental Pruning Ratio: deeper layers lose more
+        assert widths == sorted(widths, reverse=True)
     with torch.no_grad():
         assert torch.isfinite(model(INPUTS).logits).all()
+
+
+@pytest.mark.parametrize(("layers", "ratio"), [(32, 0.2), (30, 0.5), (4, 0.3)])
+def test_slimgpt_incremental_ratios_rise_logarithmically_to_four_times_the_first_and_average_the_target(layers, ratio):
+    ratios = incremental_ratios(layers, ratio)
+    assert statistics.fmean(ratios) == pytest.approx(ratio)
+    assert ratios[-1] == pytest.approx(4 * ratios[0]) and ratios == sorted(ratios)
+    rise = [(r - ratios[0]) / (ratios[-1] - ratios[0]) for r in ratios]
+    assert rise == pytest.approx([math.log(1 + i) / math.log(layers) for i in range(layers)])
+    if layers == 32:  # SlimGPT's own setting for LLaMA-7B at 20%: 0.0625 rising to 0.25
+        assert (ratios[0], ratios[-1]) == pytest.approx((0.0625, 0.25), abs=1e-3)
 
 
 def test_slimgpt_refuses_to_run_without_its_weight_update():

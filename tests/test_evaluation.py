@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from optimum_hywia.data import wikipedia_texts
-from optimum_hywia.evaluation import measure_throughput, perplexity
+from optimum_hywia.evaluation import measure_throughput, perplexity, window_losses
 
 TEXT_VOCAB = 512
 
@@ -90,6 +90,9 @@ def test_perplexity_equals_the_mean_window_loss():
         losses = [model(input_ids=w[None], labels=w[None]).loss for w in windows]
     assert value == pytest.approx(math.exp(float(torch.stack(losses).mean())), rel=1e-5)
     assert value == pytest.approx(perplexity(model, text=ids, sequence_length=32, batch_size=3, show_progress=False))
+    for batch_size in (1, 3):  # each window's own loss, however the windows are batched
+        per_window = window_losses(model, windows, batch_size, show_progress=False)
+        assert per_window == pytest.approx([float(loss) for loss in losses], rel=1e-5)
     assert not model.training
 
 

@@ -101,6 +101,31 @@ def test_a_candidate_compensated_on_a_copy_replaces_the_models_layers_and_reload
         torch.testing.assert_close(reloaded(INPUTS).logits, expected(INPUTS).logits, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("reselect", [False, True])
+def test_with_obs_reselection_candidates_of_equal_counts_are_compensated_once(trained, reselect):
+    """Where compensation re-chooses the groups (greedy OBS), a selection only sets how many groups each set keeps:
+    candidates with the same counts give the same model, so only the first is compensated."""
+    model = copy.deepcopy(trained)
+    spec = get_architecture(model.config)
+    config = settings(reconstruction_reselect=reselect, reconstruction_reselect_damping=None)
+    sets = build_group_sets(model, spec, range(2), ("attention", "mlp"))
+    first = {gs.key: torch.arange(gs.num_groups // 2) for gs in sets}
+    last = {gs.key: torch.arange(gs.num_groups - gs.num_groups // 2, gs.num_groups) for gs in sets}
+    widths = layer_widths(model, spec)
+    batches = list(CALIBRATION_WINDOWS.split(8))
+    choice = compensate_best_selection(
+        model, spec, config, sets, {"first": first, "last": last}, batches, widths, False, batches
+    )
+    assert set(choice.losses) == (set() if reselect else {"first", "last"})
+    expected = copy.deepcopy(trained)
+    direct = {key: value.clone() for key, value in last.items()}
+    expected_sets = build_group_sets(expected, spec, range(2), ("attention", "mlp"))
+    remove_and_compensate(expected, spec, config, expected_sets, direct, batches, widths, show_progress=False)
+    with torch.no_grad():
+        same = torch.equal(model(INPUTS).logits, expected(INPUTS).logits)
+    assert same == (reselect or choice.chosen == "last")
+
+
 def test_without_spare_windows_the_choice_is_judged_on_the_calibration_windows(trained, caplog):
     pruner = HyWIAPruner(copy.deepcopy(trained), settings(selection_candidates=("element2",)))
     with caplog.at_level("WARNING"):

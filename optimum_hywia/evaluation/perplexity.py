@@ -66,26 +66,29 @@ def perplexity(
             f"{batch_size} and {max_windows}."
         )
     windows = token_windows(_token_ids(text, tokenizer), sequence_length, max_windows, spread)
+    mean_nll = sum(window_losses(model, windows, batch_size, show_progress)) / len(windows)  # windows: equal lengths
+    return math.exp(mean_nll) if mean_nll < 700 else math.inf
+
+
+def window_losses(
+    model: torch.nn.Module, windows: torch.Tensor, batch_size: int = 1, show_progress: bool = True
+) -> list[float]:
+    """Mean next-token cross-entropy (nats/token) of each row of `windows` (`[n, length]` token ids, e.g. from
+    `token_windows`), each row scored on its own: the per-window losses that paired comparisons of two models need."""
     device = execution_device(model)
     was_training = model.training
     model.eval()
-    total_nll, total_tokens = 0.0, 0
+    losses: list[float] = []
     try:
         with torch.inference_mode():
-            batches = torch.split(windows, batch_size)
-            for batch in tqdm(batches, desc="perplexity", disable=not show_progress):
+            for batch in tqdm(torch.split(windows, batch_size), desc="perplexity", disable=not show_progress):
                 batch = batch.to(device)
                 logits = model(input_ids=batch, use_cache=False).logits[:, :-1].float()
-                targets = batch[:, 1:]
-                nll = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
-                )
-                total_nll += float(nll)
-                total_tokens += targets.numel()
+                nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
+                losses += nll.mean(dim=1).tolist()
     finally:
         model.train(was_training)
-    mean_nll = total_nll / total_tokens
-    return math.exp(mean_nll) if mean_nll < 700 else math.inf
+    return losses
 
 
 def evaluation_text(source: str = "auto") -> tuple[str, str]:
