@@ -16,6 +16,7 @@ from statistics import fmean
 
 import torch
 
+from ..groups import GroupSet, Key
 from ..obs import input_projection, reselect_by_obs, single_removal_costs
 from .registry import ImportanceMethod, ScoringContext
 
@@ -75,7 +76,9 @@ def incremental_ratios(num_layers: int, ratio: float) -> list[float]:
     return [first * (1 + (LAST_TO_FIRST - 1) * x) for x in rise]
 
 
-def scheduled_scores(costs: dict, group_sets: list, ratio: float) -> dict:
+def scheduled_scores(
+    costs: dict[Key, torch.Tensor], group_sets: list[GroupSet], ratio: float
+) -> dict[Key, torch.Tensor]:
     """Scores that make the allocation remove each layer's `incremental_ratios` share of every kind, cheapest cost
     first: a group's position in its set by cost, `(rank + 0.5) / n`, minus its layer's share. Ranked together,
     the groups below a common threshold are the schedule's (the threshold moves off 0 only as far as whole groups
