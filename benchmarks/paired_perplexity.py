@@ -45,6 +45,13 @@ def fresh_windows(tokenizer, windows: int) -> dict[str, torch.Tensor]:
     return fresh
 
 
+def save_results(path: Path, results: dict) -> None:
+    """Write `results` as JSON through a temporary file, so a killed run never leaves half a file."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(results, indent=1) + "\n")
+    temporary.replace(path)
+
+
 def report(results: dict, runs: list[str]) -> None:
     for domain in next(iter(results.values())):
         print(f"{domain} ({len(results[runs[0]][domain])} windows)")
@@ -78,9 +85,7 @@ def main() -> None:
             raise SystemExit(f"{run}: no saved model under {folder}; prune it with benchmarks/compensation.py")
         model = load_pruned_model(folder).eval()
         results[run] = {name: window_losses(model, w, show_progress=False) for name, w in windows.items()}
-        temporary = RESULTS.with_suffix(".tmp")
-        temporary.write_text(json.dumps(results, indent=1) + "\n")
-        temporary.replace(RESULTS)
+        save_results(RESULTS, results)
     report(results, args.runs)
 
 

@@ -10,6 +10,16 @@ equal the replay's.
 
     .venv/bin/python benchmarks/selection_replay.py --ratios 0.2 0.5 --seeds 0 1 2
 
+`--samples` and `--candidates` replay other settings and candidates: each candidate is a saved run's key with
+`{ratio}` and `{seed}` left open, named by its method (the key's first field, or `NAME=KEY`), and `--pipeline` names
+the pipeline's own run for its recorded losses. The pipeline races its candidates (a clearly worse one stops after a
+few chunks), so a recorded loss may cover only the first chunks; the replay reads every chunk for every candidate.
+
+    .venv/bin/python benchmarks/selection_replay.py --samples 256 --ratios 0.5 --seeds 0 \
+        --candidates element2-least_squares+drift0.25+fobs-per_layer-r{ratio}-s{seed}-mix256x128-layers0-30 \
+        vector-least_squares+drift0.25+fobs-per_layer-r{ratio}-s{seed}-mix256x128-layers0-30 \
+        --pipeline hywia+element2-least_squares+drift0.25+fobs-per_layer-r{ratio}-s{seed}-mix256x128-layers0-30
+
 Results: `benchmarks/results/selection_replay.json` (the losses, the choice, and the chosen model's held-out
 perplexity from the compensation records).
 """
@@ -33,12 +43,16 @@ from optimum_hywia.scoring import held_out_batches
 from optimum_hywia.selection import calibration_kl
 
 OUTPUT = Path(__file__).resolve().parent / "results" / "selection_replay.json"
+OLD_RUN = "least_squares-per_layer-r{ratio}-s{seed}-mix128x128"  # the runs first replayed (128 windows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.2, 0.5])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--samples", type=int, default=128, help="calibration windows of the replayed runs")
+    parser.add_argument("--candidates", nargs="+", default=[f"{m}-{OLD_RUN}" for m in ("hywia", "element2")])
+    parser.add_argument("--pipeline", default=f"hywia+element2-{OLD_RUN}", help="the pipeline's run (its losses)")
     args = parser.parse_args()
     logging.set_verbosity_error()
     results = json.loads(OUTPUT.read_text()) if OUTPUT.exists() else {}
@@ -46,9 +60,12 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
     dense = AutoModelForCausalLM.from_pretrained(name, **kwargs).eval()
     texts = calibration_mix()
+    named = [c.split("=", 1) if "=" in c else (c.split("-")[0], c) for c in args.candidates]
+    methods = [method for method, _ in named]
+    suffix = "" if args.samples == 128 else f"-mix{args.samples}x128-" + ",".join(methods)
     for ratio in args.ratios:
         for seed in args.seeds:
-            key = f"r{ratio:g}-s{seed}"
+            key = f"r{ratio:g}-s{seed}{suffix}"
             if key in results:
                 continue
             config = HyWIAConfig(
@@ -56,24 +73,24 @@ def main() -> None:
                 layout="per_layer",
                 seed=seed,
                 reconstruction="least_squares",
-                num_calibration_samples=128,
+                num_calibration_samples=args.samples,
                 calibration_sequence_length=128,
             )
             batches = held_out_batches(dense, config, tokenizer, texts)
             teacher = TeacherCache(8 << 30)
             record = {"held_out": [len(batches), list(batches[0].shape)], "losses": {}, "ppl": {}}
-            for method in ("hywia", "element2"):
-                run = f"{method}-least_squares-per_layer-r{ratio:g}-s{seed}-mix128x128"
+            for method, candidate in named:
+                run = candidate.format(ratio=f"{ratio:g}", seed=seed)
                 model = load_pruned_model(MODELS / run).eval()
                 record["losses"][method] = calibration_kl(model, dense, teacher, batches)
                 record["ppl"][method] = json.loads((RESULTS / f"{run}.json").read_text())["ppl"]
-            record["chosen"] = min(record["losses"], key=record["losses"].get)  # a tie keeps HyWIA's (first)
-            pipeline = RESULTS / f"hywia+element2-least_squares-per_layer-r{ratio:g}-s{seed}-mix128x128.json"
+            record["chosen"] = min(record["losses"], key=record["losses"].get)  # a tie keeps the first
+            pipeline = RESULTS / (args.pipeline.format(ratio=f"{ratio:g}", seed=seed) + ".json")
             if pipeline.exists():
                 ran = json.loads(pipeline.read_text())
                 record["pipeline"] = {"selection": ran["selection"], "losses": ran["selection_losses"]}
             results[key] = record
-            print(key, record["losses"], record["chosen"], flush=True)
+            print(key, record["losses"], record["chosen"], record.get("pipeline"), flush=True)
             OUTPUT.write_text(json.dumps(results, indent=1) + "\n")
 
 
