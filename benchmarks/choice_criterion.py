@@ -37,7 +37,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "choice_criterion.json"
 
 
 def calibration_domain_windows(tokenizer, windows: int) -> dict[str, torch.Tensor]:
-    """`windows` 512-token windows per domain of the calibration mix, evenly spaced over each domain's text."""
+    """`windows` 512-token windows per calibration domain, evenly spaced over the text the mix draws it from
+    (`calibration_mix`: the first half of the LAMBADA passages, articles of the Wikipedia dump's second half)."""
     passages, articles = lambada_texts(), wikipedia_texts()
     texts = {
         "calibration wikipedia": "\n\n".join(articles[len(articles) // 2 :]),

@@ -31,6 +31,7 @@ import json
 from pathlib import Path
 
 from compensation import MODELS, RESULTS
+from paired_perplexity import save_results
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging
 
@@ -91,7 +92,7 @@ def main() -> None:
                 record["pipeline"] = {"selection": ran["selection"], "losses": ran["selection_losses"]}
             results[key] = record
             print(key, record["losses"], record["chosen"], record.get("pipeline"), flush=True)
-            OUTPUT.write_text(json.dumps(results, indent=1) + "\n")
+            save_results(OUTPUT, results)
 
 
 if __name__ == "__main__":
