@@ -7,8 +7,9 @@ of three texts no calibration text overlaps: Wikipedia (the first articles of th
 `HELDOUT_LAMBADA` LAMBADA passages) and news (the Lee corpus, a domain absent from calibration).
 
 A method `hywia+element2` is HyWIA with the compensated choice between its selection and element2's own
-(`selection_candidates`, the default since it was built); plain `hywia` runs without the choice
-(`selection_candidates=()`, as every HyWIA run before it).
+(`selection_candidates=("element2",)`, the default from 2026-12-05), `hywia+element2+vector` with vector's as well
+(the default since 2026-12-06); plain `hywia` runs without the choice (`selection_candidates=()`, as every HyWIA run
+before it).
 
 Each run is cached as one JSON file under `--results`, so the matrix can be run (and killed) in pieces:
 

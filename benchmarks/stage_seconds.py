@@ -1,26 +1,41 @@
-"""Prune cost of one method at 20% per_layer + least squares (wall and CPU seconds per stage), and whether its kept
-groups equal those of the model `benchmarks/compensation.py` saved for the same run.
+"""Prune cost of one method with the shipped defaults (wall and CPU seconds per stage), and whether its kept groups
+equal those of the model `benchmarks/compensation.py` saved for the same run.
 
-    .venv/bin/python benchmarks/stage_seconds.py hywia 1
-    .venv/bin/python benchmarks/stage_seconds.py element1 1
+    .venv/bin/python benchmarks/stage_seconds.py hywia 0 --ratio 0.2
+    .venv/bin/python benchmarks/stage_seconds.py element1 0 --ratio 0.2
 
-Run the methods interleaved and repeated on an otherwise idle machine; compare medians
-(docs/results_compensation.md).
+Every setting is the library's default but the method, the ratio and the seed: per_layer, the offline calibration mix
+(256 × 128 tokens), least squares with drift correction and the OBS re-choice in the output Fisher's metric, and, for
+HyWIA, the compensated choice between its selection and `selection_candidates`' (`--candidates` overrides them; none:
+no choice). That is the run `compensation.py` labels `<method>:least_squares+fobs` (HyWIA:
+`hywia+<candidate>+...`). Each measurement is appended to `benchmarks/results/stage_seconds.json`. Run the methods
+interleaved and repeated on an otherwise idle machine; compare medians (docs/results_compensation.md). Until
+2026-12-06 this script ran 20% with 128 windows and plain least squares (the defaults of the time; the older prune
+costs in the docs).
 """
+
+from __future__ import annotations
 
 import argparse
 import json
 import resource
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+from compensation import MODELS, with_drift
+from compensation import run_key as compensation_key
+from paired_perplexity import save_results
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging
 
 from optimum_hywia import HyWIAConfig, HyWIAPruner
-from optimum_hywia.data.assets import cache_root
+from optimum_hywia.data.calibration import DEFAULT_NUM_SAMPLES, DEFAULT_SEQUENCE_LENGTH
 from optimum_hywia.data.models import SMOLLM2_HUB_ID, model_source
 from optimum_hywia.data.text_sources import calibration_mix
+
+RESULTS = Path(__file__).resolve().parent / "results" / "stage_seconds.json"
 
 
 def cpu_seconds() -> float:
@@ -32,37 +47,53 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("method")
     parser.add_argument("seed", type=int)
+    parser.add_argument("--ratio", type=float, default=0.2)
+    parser.add_argument("--candidates", nargs="*", help="HyWIA's selection_candidates (default: the library's)")
+    parser.add_argument("--saved", help="compare the kept groups with this saved run (default: the same run's key)")
     args = parser.parse_args()
     logging.set_verbosity_error()
     name, kwargs, _ = model_source(SMOLLM2_HUB_ID)
     tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(name, **kwargs).eval()
     torch.manual_seed(args.seed)
+    settings = {} if args.candidates is None else {"selection_candidates": tuple(args.candidates)}
     config = HyWIAConfig(
-        pruning_ratio=0.2,
-        layout="per_layer",
-        seed=args.seed,
-        importance=args.method,
-        reconstruction="least_squares",
-        num_calibration_samples=128,
-        calibration_sequence_length=128,
+        pruning_ratio=args.ratio, layout="per_layer", seed=args.seed, importance=args.method, **settings
     )
     pruner = HyWIAPruner(model, config, tokenizer)
     cpu, start = cpu_seconds(), time.perf_counter()
     pruner.prune(calibration_data=calibration_mix(), show_progress=False)
     wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu
-    report = pruner.report
-    stages = {key: round(value) for key, value in report.seconds.items()}
-    print("seconds", stages, "wall", round(wall), "cpu", round(cpu))
-    print("ranking batches", report.ranking_batches)
-    print("selection", report.selection, report.selection_losses)
-    method = args.method  # the shipped HyWIA (with the compensated choice) is `hywia+element2` in compensation.py
-    if method == "hywia" and config.selection_candidates:
-        method += "".join(f"+{name}" for name in config.selection_candidates)
-    key = f"{method}-least_squares-per_layer-r0.2-s{args.seed}-mix128x128"
-    saved = cache_root() / "benchmarks" / "compensation" / key / "hywia_report.json"
-    if saved.exists():
-        print("same kept groups as the saved run:", report.kept_groups == json.loads(saved.read_text())["kept_groups"])
+    report, resolved = pruner.report, pruner.config
+    method = args.method  # the shipped HyWIA is `hywia+<candidates>` in compensation.py
+    if method == "hywia" and resolved.selection_candidates:
+        method += "".join(f"+{candidate}" for candidate in resolved.selection_candidates)
+    reconstruction = with_drift("least_squares+fobs", resolved.reconstruction_drift)
+    run = SimpleNamespace(
+        calibration="mix",
+        samples=resolved.num_calibration_samples or DEFAULT_NUM_SAMPLES,
+        sequence_length=resolved.calibration_sequence_length or DEFAULT_SEQUENCE_LENGTH,
+        layers=None,
+    )
+    key = compensation_key(method, reconstruction, args.ratio, "per_layer", args.seed, run)
+    saved = MODELS / (args.saved or key) / "hywia_report.json"
+    record = {
+        "key": key,
+        "saved": args.saved or key,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "threads": torch.get_num_threads(),
+        "wall": round(wall, 1),
+        "cpu": round(cpu, 1),
+        "stages": {stage: round(seconds, 1) for stage, seconds in report.seconds.items()},
+        "selection": report.selection,
+        "selection_losses": report.selection_losses,
+        "same_kept_groups_as_saved": (
+            report.kept_groups == json.loads(saved.read_text())["kept_groups"] if saved.exists() else None
+        ),
+    }
+    print(json.dumps(record, indent=1))
+    records = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    save_results(RESULTS, [*records, record])
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ def damped_inverse(gram: torch.Tensor, ridge: float) -> torch.Tensor:
     factor, info = torch.linalg.cholesky_ex(hessian)
     if int(info):
         return torch.linalg.pinv(hessian, hermitian=True)
-    return torch.cholesky_inverse(factor)
+    # not torch.cholesky_inverse: on CPU it is 40× slower than solving against the identity (11 s against 0.3 s for
+    # an MLP's 1536 × 1536 Gram matrix), half of a compensation pass
+    return torch.cholesky_solve(torch.eye(len(factor), dtype=factor.dtype, device=factor.device), factor)
 
 
 def group_columns(group_set: GroupSet, index: int) -> list[torch.Tensor]:

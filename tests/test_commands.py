@@ -270,7 +270,7 @@ def test_selection_candidates_flag_sets_the_config_field_and_an_empty_list_turns
     def config(*flags):
         return _hywia_config(build_parser().parse_args(["prune", "model", "-o", "out", *flags]), HyWIAConfig)
 
-    assert config().selection_candidates == ("element2",)
+    assert config().selection_candidates == ("element2", "vector")
     assert config("--selection-candidates", "element1", "element2").selection_candidates == ("element1", "element2")
     assert config("--selection-candidates").selection_candidates == ()
 

@@ -308,6 +308,19 @@ def test_compensation_needs_calibration_data_even_for_weight_only_importance():
         pruner.prune(show_progress=False)
 
 
+def test_damped_inverse_inverts_the_damped_gram_matrix_and_falls_back_to_the_pseudo_inverse():
+    from optimum_hywia.obs import damped_inverse
+
+    generator = torch.Generator().manual_seed(5)
+    inputs = torch.randn(50, 12, generator=generator, dtype=torch.float64)
+    gram = inputs.T @ inputs
+    damped = gram + 0.01 * gram.diagonal().mean() * torch.eye(12, dtype=torch.float64)
+    torch.testing.assert_close(damped_inverse(gram, 0.01), torch.linalg.inv(damped), rtol=1e-10, atol=1e-12)
+    singular = gram.clone()
+    singular[-1], singular[:, -1] = 0.0, 0.0  # an input that is always zero: no Cholesky factor without damping
+    torch.testing.assert_close(damped_inverse(singular, 0.0), torch.linalg.pinv(singular, hermitian=True))
+
+
 @pytest.mark.parametrize("width", [1, 2])  # MLP channels (block updates), heads of 2 columns
 def test_slimgpt_greedy_obs_updates_equal_the_least_squares_refit_of_its_kept_columns(width):
     from optimum_hywia.obs import greedy_obs

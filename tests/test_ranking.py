@@ -121,6 +121,7 @@ def _prune(ranking: str, token_batch):
         pruning_ratio=0.4, layout="per_layer", num_calibration_samples=8, calibration_sequence_length=16,
         calibration_batch_size=4, fusion_steps=2, layer_range=(0, 4), fusion_ranking=ranking,
         reconstruction_reselect=False,  # the ranking, not OBS, decides which groups of a layer go
+        selection_candidates=(),  # nor the compensated choice between whole selections
     )  # fmt: skip
     pruner = HyWIAPruner(make_tiny_model("llama-gqa"), config)
     pruner.prune(token_batch, show_progress=False)

@@ -73,7 +73,8 @@ def test_smollm2_hywia_20_percent_per_layer(tmp_path, record_property):
     # the shipped defaults compensate and choose between whole selections, which supersedes the ranking choice
     assert pruner.config.reconstruction == "least_squares" and pruner.config.fusion_ranking == "fused"
     assert report.fusion_ranking == {} and "ranking" not in report.seconds
-    assert report.selection in report.selection_losses and set(report.selection_losses) == {"hywia", "element2"}
+    assert report.selection in report.selection_losses
+    assert set(report.selection_losses) == {"hywia", "element2", "vector"}  # three distinct candidates here
     assert report.selection_losses[report.selection] == min(report.selection_losses.values())
 
     folder = pruner.save_pretrained(tmp_path / "smollm2-hywia-20")

@@ -227,7 +227,7 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="*",
         choices=("element1", "element2", "vector"),
         help="single estimates whose own selections HyWIA weighs against its own after compensation, keeping the "
-        "one closest to the dense model on calibration data; none: no choice (default: element2)",
+        "one closest to the dense model on calibration data; none: no choice (default: element2 vector)",
     )
     _data(parser, "--calibration-data", "mix", "calibration data")
     group = parser.add_argument_group("after pruning")
