@@ -45,7 +45,7 @@ def fresh_windows(tokenizer, windows: int) -> dict[str, torch.Tensor]:
     return fresh
 
 
-def save_results(path: Path, results: dict) -> None:
+def save_results(path: Path, results: dict | list) -> None:
     """Write `results` as JSON through a temporary file, so a killed run never leaves half a file."""
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(results, indent=1) + "\n")

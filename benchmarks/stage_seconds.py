@@ -68,7 +68,8 @@ def main() -> None:
     method = args.method  # the shipped HyWIA is `hywia+<candidates>` in compensation.py
     if method == "hywia" and resolved.selection_candidates:
         method += "".join(f"+{candidate}" for candidate in resolved.selection_candidates)
-    reconstruction = with_drift("least_squares+fobs", resolved.reconstruction_drift)
+    reselect = "+fobs" if resolved.reconstruction_reselect else ""  # on where the importance takes a gradient pass
+    reconstruction = with_drift(f"least_squares{reselect}", resolved.reconstruction_drift)
     run = SimpleNamespace(
         calibration="mix",
         samples=resolved.num_calibration_samples or DEFAULT_NUM_SAMPLES,
@@ -76,10 +77,11 @@ def main() -> None:
         layers=None,
     )
     key = compensation_key(method, reconstruction, args.ratio, "per_layer", args.seed, run)
-    saved = MODELS / (args.saved or key) / "hywia_report.json"
+    saved_key = args.saved or key
+    saved = MODELS / saved_key / "hywia_report.json"
     record = {
         "key": key,
-        "saved": args.saved or key,
+        "saved": saved_key,
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "threads": torch.get_num_threads(),
         "wall": round(wall, 1),
