@@ -23,8 +23,8 @@ import statistics
 from pathlib import Path
 
 import torch
-from compensation import MODELS
-from paired_perplexity import fresh_windows, save_results
+from compensation import MODELS, save_results
+from paired_perplexity import fresh_windows
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging
 

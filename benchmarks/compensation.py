@@ -189,16 +189,17 @@ def run_matrix(args: argparse.Namespace) -> None:
                     else:
                         torch.manual_seed(seed)
                         record = run_one(args, dense, tokenizer, method, reconstruction, ratio, layout, seed)
-                        _write(path, record)
+                        save_results(path, record)
                         ppl = "  ".join(f"{name} {value:8.2f}" for name, value in record["ppl"].items())
                         print(f"{key:<58} {ppl}  ({record['prune_seconds']:.0f} s)", flush=True)
                     if args.accuracy_limit and (record.get("zero_shot_limit") or 0) < args.accuracy_limit:
                         _add_accuracy(args, record, path, key, dense, tokenizer)
 
 
-def _write(path: Path, record: dict) -> None:
+def save_results(path: Path, results: dict | list) -> None:
+    """Write `results` as JSON through a temporary file, so a killed run never leaves half a file."""
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(record, indent=1) + "\n")
+    temporary.write_text(json.dumps(results, indent=1) + "\n")
     temporary.replace(path)
 
 
@@ -218,7 +219,7 @@ def _add_accuracy(args, record: dict, path: Path, key: str, dense, tokenizer) ->
     )
     record["zero_shot_limit"] = args.accuracy_limit
     record["zero_shot_seconds"] = time.perf_counter() - start
-    _write(path, record)
+    save_results(path, record)
     average = 100 * record["zero_shot"]["average"]["acc"]
     print(f"{key:<58} 7-task acc {average:.2f}  ({record['zero_shot_seconds']:.0f} s)", flush=True)
 

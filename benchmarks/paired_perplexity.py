@@ -22,7 +22,7 @@ from itertools import combinations
 from pathlib import Path
 
 import torch
-from compensation import MODELS
+from compensation import MODELS, save_results
 from transformers import AutoTokenizer
 from transformers.utils import logging
 
@@ -43,13 +43,6 @@ def fresh_windows(tokenizer, windows: int) -> dict[str, torch.Tensor]:
         ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
         fresh[name] = token_windows(ids[SKIP * 512 :], 512, windows, spread=True)
     return fresh
-
-
-def save_results(path: Path, results: dict | list) -> None:
-    """Write `results` as JSON through a temporary file, so a killed run never leaves half a file."""
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(results, indent=1) + "\n")
-    temporary.replace(path)
 
 
 def report(results: dict, runs: list[str]) -> None:

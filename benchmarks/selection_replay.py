@@ -30,8 +30,7 @@ import argparse
 import json
 from pathlib import Path
 
-from compensation import MODELS, RESULTS
-from paired_perplexity import save_results
+from compensation import MODELS, RESULTS, save_results
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging
 

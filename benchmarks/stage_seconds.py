@@ -24,9 +24,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from compensation import MODELS, with_drift
+from compensation import MODELS, save_results, with_drift
 from compensation import run_key as compensation_key
-from paired_perplexity import save_results
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging
 
