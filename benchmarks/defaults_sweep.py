@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from compensation import calibration_texts
+from compensation import calibration_texts, save_results
 from ranking_compensated import development_ppl, development_texts
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging
@@ -136,9 +136,7 @@ def main() -> None:
                     "prune_seconds": seconds,
                     "development_ppl": development_ppl(model, development),
                 }
-                temporary = RESULTS.with_suffix(".tmp")
-                temporary.write_text(json.dumps(results, indent=1) + "\n")
-                temporary.replace(RESULTS)
+                save_results(RESULTS, results)
                 ppl = "  ".join(f"{name} {value:7.2f}" for name, value in results[key]["development_ppl"].items())
                 print(f"{key:<36} {ppl}  ({seconds:.0f} s)", flush=True)
 

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from compensation import save_results
+
 RESULTS = Path(__file__).parent / "results" / "prune_cost.json"
 TESTS = Path(__file__).resolve().parents[1] / "tests"  # tests/reference_statistics.py: the full-gradient reference
 
@@ -180,7 +182,7 @@ def main() -> None:
 def _write(results: dict, path: str) -> None:
     output = Path(path)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2) + "\n")
+    save_results(output, results)
 
 
 if __name__ == "__main__":

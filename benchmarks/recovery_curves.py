@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from compensation import save_results
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 from transformers.utils import logging
@@ -125,12 +126,6 @@ def missing_accuracy(record: dict[str, Any], args) -> list[dict[str, Any]]:
     ]
 
 
-def write_json(path: Path, record: dict[str, Any]) -> None:
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(record, indent=1) + "\n")
-    temporary.replace(path)
-
-
 class Curve(TrainerCallback):
     """Adds a point to the run's JSON after every checkpoint; counts the CPU time of the training steps only."""
 
@@ -178,7 +173,7 @@ class Curve(TrainerCallback):
             point["accuracy"] = zero_shot(model, self.tokenizer, self.args)
             self.record["eval_cpu_minutes"] += (time.process_time() - start) / 60
         self.record["points"].append(point)
-        write_json(self.path, self.record)
+        save_results(self.path, self.record)
         print(
             f"  {self.path.stem}: step {step:4d}  {self.cpu / 60:6.2f} CPU min  {self.wall / 60:6.2f} min  "
             + "  ".join(f"{name} {value:8.2f}" for name, value in ppl.items()),
@@ -220,10 +215,10 @@ def pruned_model(args, dense, tokenizer, ratio: float, streams) -> tuple[Path, d
     windows = windows_tag(args)
     if windows not in info["ppl"]:
         info["ppl"][windows] = scores(load_pruned_model(folder), streams)
-        write_json(info_path, info)
+        save_results(info_path, info)
     if needs_accuracy(info, args):
         info["accuracy"] = zero_shot(load_pruned_model(folder).eval(), tokenizer, args)
-        write_json(info_path, info)
+        save_results(info_path, info)
     return folder, {**info, "ppl": info["ppl"][windows]}
 
 
@@ -283,7 +278,7 @@ def run_curve(args, dense, tokenizer, ratio: float, objective: str, streams) -> 
             "points": [{"step": 0, "tokens": 0, "train_cpu_minutes": 0.0, "ppl": pruned["ppl"]}],
             "complete": False,
         }
-        write_json(path, record)
+        save_results(path, record)
     score_recorded_points(args, record, path, folder, key, config, teacher, tokenizer, streams)
     if record.get("complete") and not needs_accuracy(record, args):
         return  # finished and scored as asked
@@ -305,7 +300,7 @@ def run_curve(args, dense, tokenizer, ratio: float, objective: str, streams) -> 
     if record["complete"] and needs_accuracy(record, args):  # a finished run's checkpoint is reloaded, not retrained
         record["accuracy"] = zero_shot(model.eval(), tokenizer, args)
         record["pruned"]["accuracy"] = pruned.get("accuracy")
-    write_json(path, record)
+    save_results(path, record)
 
 
 class Replay(TrainerCallback):
@@ -336,7 +331,7 @@ def score_recorded_points(args, record, path, folder, key, config, teacher, toke
         point["accuracy"] = zero_shot(model, tokenizer, args)
         average = 100 * point["accuracy"]["results"]["average"]["acc"]
         print(f"  {key}: step {point['step']} 7-task acc {average:.2f}", flush=True)
-        write_json(path, record)
+        save_results(path, record)
 
     replay = {}
     for point in missing:
@@ -565,11 +560,11 @@ def main() -> None:
     streams = evaluation_ids(tokenizer, args)
     dense_path = Path(args.results) / f"dense-{windows_tag(args)}.json"
     if not dense_path.is_file():
-        write_json(dense_path, {"model": description, "windows": windows_tag(args), "ppl": scores(dense, streams)})
+        save_results(dense_path, {"model": description, "windows": windows_tag(args), "ppl": scores(dense, streams)})
     dense_record = json.loads(dense_path.read_text())
     if needs_accuracy(dense_record, args):
         dense_record["accuracy"] = zero_shot(dense, tokenizer, args)
-        write_json(dense_path, dense_record)
+        save_results(dense_path, dense_record)
     print(f"dense: {dense_record['ppl']}", flush=True)
     for ratio in args.ratios:
         for objective in args.objectives:
