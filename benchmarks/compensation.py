@@ -198,6 +198,7 @@ def run_matrix(args: argparse.Namespace) -> None:
 
 def save_results(path: Path, results: dict | list) -> None:
     """Write `results` as JSON through a temporary file, so a killed run never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(".tmp")
     temporary.write_text(json.dumps(results, indent=1) + "\n")
     temporary.replace(path)

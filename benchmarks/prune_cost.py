@@ -141,7 +141,7 @@ def main() -> None:
             continue
         measured = measure(kind, importance, args)
         results["measurements"][name] = measured
-        _write(results, args.output)  # partial results survive an interrupted run
+        save_results(Path(args.output), results)  # partial results survive an interrupted run
         print(
             f"{name:<22} {measured['seconds']:8.1f} s   peak {measured['peak_bytes'] / 2**20:8.0f} MiB",
             flush=True,
@@ -176,13 +176,7 @@ def main() -> None:
         }
         print(f"{importance}: {json.dumps(ratios[importance])}", flush=True)
     results["ratios"] = ratios
-    _write(results, args.output)
-
-
-def _write(results: dict, path: str) -> None:
-    output = Path(path)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    save_results(output, results)
+    save_results(Path(args.output), results)
 
 
 if __name__ == "__main__":
