@@ -99,11 +99,18 @@ def with_drift(reconstruction: str, drift: float) -> str:
     """The run's reconstruction label: least squares with drift correction is `least_squares+drift<β>` (records
     before the option existed, and `--drift 0`, are plain `least_squares`); `least_squares+obs` (groups re-chosen
     by greedy OBS, `reconstruction_reselect`, judged by the plain squared error) becomes
-    `least_squares+drift<β>+obs`; `+fobs`: the same OBS judged in the output Fisher's metric (damping 0.01)."""
+    `least_squares+drift<β>+obs`; `+fobs`: the same OBS judged in the output Fisher's metric (damping 0.01);
+    `+steps<k>`: pruned gradually in k re-scored steps (`pruning_steps`)."""
     base, *options = reconstruction.split("+")
     if base == "least_squares" and drift:
         options = [f"drift{drift:g}", *options]
     return "+".join([base, *options])
+
+
+def pruning_steps(reconstruction: str) -> int:
+    """`k` of a `+steps<k>` option of the reconstruction label, else 1 (one shot)."""
+    steps = [option[len("steps") :] for option in reconstruction.split("+") if option.startswith("steps")]
+    return int(steps[0]) if steps else 1
 
 
 def run_one(args, dense, tokenizer, method: str, reconstruction: str, ratio: float, layout: str, seed: int) -> dict:
@@ -135,6 +142,7 @@ def run_one(args, dense, tokenizer, method: str, reconstruction: str, ratio: flo
             num_calibration_samples=args.samples,
             calibration_sequence_length=args.sequence_length,
             layer_range=layer_range(args, layout),
+            pruning_steps=pruning_steps(reconstruction),
         )
         pruner = HyWIAPruner(model, config, tokenizer)
         pruner.prune(calibration_data=calibration_texts(args.calibration), show_progress=False)

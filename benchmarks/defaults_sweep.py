@@ -74,6 +74,12 @@ VARIANTS: dict[str, dict] = {
         for damping in (0.01, 1.0)
     },
     **{f"samples256-layers-all-drift0.25-ridge{r:g}": {**SHIPPED, "reconstruction_ridge": r} for r in RIDGES},
+    "samples256-layers-all-drift0.25-fobs0.01-steps2": {
+        **SHIPPED,
+        "reconstruction_reselect": True,
+        "reconstruction_reselect_damping": 0.01,
+        "pruning_steps": 2,
+    },
     **{
         f"samples256-layers-all-drift0.25-obs-ridge{ridge:g}": {
             **SHIPPED,

@@ -30,6 +30,10 @@ class HyWIAConfig:
         pruning_ratio: fraction of the decoder layers' prunable parameters (attention q/k/v/o and MLP gate/up/down
             weights of *all* decoder layers) to remove. Layers outside `layer_range` are kept whole, so the layers
             inside it lose a larger share.
+        pruning_steps: prune gradually, in this many steps, each removing an equal share of the original
+            parameters from the model the steps before left (pruned and compensated), scored afresh on it: every
+            stage (score, allocate, remove, compensate) runs once per step, so the prune costs about `pruning_steps`
+            times as much. 1 (default): one shot. Measured on SmolLM2-135M: docs/method.md §7b, "Gradual pruning".
         importance: `"hywia"` (fine- and coarse-grained Taylor scores fused by a learned attention module) or one of
             the single-granularity baselines `"element1"`, `"element2"`, `"vector"`, `"l2"`, `"random"`, or the
             activation-based structured baseline `"wanda_sp"` (FLAP's Wanda-sp: `|W| * ||X||` summed over the input
@@ -132,6 +136,7 @@ class HyWIAConfig:
     """
 
     pruning_ratio: float = 0.2
+    pruning_steps: int = 1
     importance: str = "hywia"
     fine_estimators: tuple[str, ...] = FINE_ESTIMATORS
     fusion_steps: int = 16
@@ -213,6 +218,7 @@ class HyWIAConfig:
                 if getattr(self, name) < 1:
                     raise ValueError(f"{name} must be >= 1 or None (as given / default), got {getattr(self, name)}.")
         for name in (
+            "pruning_steps",
             "fusion_hidden_size",
             "calibration_batch_size",
             "round_to",

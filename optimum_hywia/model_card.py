@@ -236,7 +236,11 @@ def _size_section(report: dict) -> str:
     for name, before, after in rows:
         lines.append(f"| {name} | {before:,} | {after:,} | {1 - after / before:.1%} |")
     lines.append("")
-    lines.append(f"Requested pruning ratio: {report['pruning_ratio']:.0%}; pruned layers: {_ranges(report)}.")
+    steps = len(report.get("steps") or [])
+    gradually = f", removed gradually in {steps} re-scored steps" if steps > 1 else ""
+    lines.append(
+        f"Requested pruning ratio: {report['pruning_ratio']:.0%}{gradually}; pruned layers: {_ranges(report)}."
+    )
     return "\n".join(lines)
 
 

@@ -46,6 +46,31 @@ logger = logging.get_logger(__name__)
 __all__ = ["REPORT_NAME", "HyWIAPruner", "PruningReport"]
 
 
+@dataclasses.dataclass
+class _Step:
+    """What one pruning step did (`HyWIAConfig.pruning_steps`): kept groups as indices of the step's own groups."""
+
+    kept: dict
+    fusion: Any
+    layer_range: range
+    vanilla: bool
+    errors: dict[str, float]
+    selection: str
+    selection_losses: dict[str, float]
+    seconds: dict[str, float]
+    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _group_parameters(group_sets: list) -> int:
+    """Parameters of the groups of `group_sets`, shared rows excluded (what `pruning_ratio` is a share of)."""
+    return sum(gs.num_groups * gs.params_per_group for gs in group_sets)
+
+
+def _decoder_parameters(model: PreTrainedModel, spec: ArchitectureSpec, num_layers: int) -> int:
+    """Prunable parameters of all decoder layers now."""
+    return _group_parameters(build_group_sets(model, spec, range(num_layers), ("attention", "mlp")))
+
+
 class HyWIAPruner:
     """Structured pruning of a transformers model with HyWIA or a single-granularity baseline.
 
@@ -111,8 +136,58 @@ class HyWIAPruner:
         if self._surgery_failed:
             raise RuntimeError("A previous prune() failed during surgery and left this model modified: reload it.")
         self.config = self._resolved_config(calibration_data)
+        check_prunable(self.model)
         config, model, spec = self.config, self.model, self.spec
-        check_prunable(model)
+        num_layers = len(decoder_layers(model, spec)[1])
+        original_sets = build_group_sets(model, spec, range(num_layers), ("attention", "mlp"))
+        original_params = _group_parameters(original_sets)
+        params_before, widths_before = count_parameters(model), layer_widths(model, spec)
+        steps: list[_Step] = []
+        for number in range(1, config.pruning_steps + 1):
+            # each step removes an equal share of the original parameters from what the steps before left
+            target = config.pruning_ratio * number / config.pruning_steps
+            ratio = 1 - (1 - target) * original_params / _decoder_parameters(model, spec, num_layers)
+            if ratio <= 0:  # an earlier step's rounding already removed this step's share
+                continue
+            if config.pruning_steps > 1:
+                logger.info(f"HyWIA: step {number} of {config.pruning_steps}, {target:.1%} removed in all")
+            step_config = dataclasses.replace(config, pruning_ratio=ratio, pruning_steps=1)
+            steps.append(self._prune_step(step_config, calibration_data, show_progress))
+
+        kept = dict(steps[0].kept)
+        for step in steps[1:]:  # kept groups as indices of the original model's groups
+            kept.update({key: kept[key][indices] if key in kept else indices for key, indices in step.kept.items()})
+        last = steps[-1]
+        self.report = build_report(
+            model,
+            spec,
+            config,
+            original_sets,
+            kept,
+            last.fusion,
+            last.layer_range,
+            params_before,
+            widths_before,
+            last.vanilla,
+        )
+        self.report.seconds = {
+            name: sum(step.seconds.get(name, 0.0) for step in steps)
+            for name in dict.fromkeys(name for step in steps for name in step.seconds)
+        }
+        self.report.source_model = self.source.base_model or self.report.source_model  # Hub id when known
+        self.report.reconstruction_errors = last.errors
+        self.report.selection, self.report.selection_losses = last.selection, last.selection_losses
+        if len(steps) > 1:
+            self.report.steps = [step.summary for step in steps]
+        logger.info(
+            f"HyWIA: {params_before:,} -> {self.report.params_after:,} parameters "
+            f"({self.report.achieved_ratio:.1%} of decoder-layer parameters removed)"
+        )
+        return model
+
+    def _prune_step(self, config: HyWIAConfig, calibration_data: Any, show_progress: bool) -> _Step:
+        """One pass of the stages score -> allocate -> remove -> compensate at `config.pruning_ratio`."""
+        model, spec = self.model, self.spec
         seconds: dict[str, float] = {}
         start = time.perf_counter()
 
@@ -123,9 +198,7 @@ class HyWIAPruner:
         group_sets = build_group_sets(model, spec, layer_range, config.group_kinds)
         check_offloaded_projections([p.module for gs in group_sets for p in gs.projections])
         check_reconstruction(spec, config, group_sets)
-        total_params = sum(gs.num_groups * gs.params_per_group for gs in all_sets)
-        plan = plan_pruning(config, spec, spec.widths_config(model.config), group_sets, total_params)
-        params_before = count_parameters(model)
+        plan = plan_pruning(config, spec, spec.widths_config(model.config), group_sets, _group_parameters(all_sets))
         widths_before = layer_widths(model, spec)
         first, stop = layer_range.start, layer_range.stop
         logger.info(f"HyWIA: pruning layers [{first}, {stop}) of {num_layers}: {plan.describe()}")
@@ -172,19 +245,24 @@ class HyWIAPruner:
             ) from error
         seconds["surgery" if config.reconstruction == "none" else "compensation"] = time.perf_counter() - surgery_start
         seconds["total"] = time.perf_counter() - start
-        self.report = build_report(
-            model, spec, config, all_sets, kept, fusion, layer_range, params_before, widths_before, vanilla
+        chosen = choice is not None and len(candidates) > 1
+        step = _Step(
+            kept=kept,
+            fusion=fusion,
+            layer_range=layer_range,
+            vanilla=vanilla,
+            errors=errors,
+            selection=choice.chosen if chosen else "",
+            selection_losses=choice.losses if chosen else {},
+            seconds=seconds,
         )
-        self.report.seconds = seconds
-        self.report.source_model = self.source.base_model or self.report.source_model  # Hub id when known
-        self.report.reconstruction_errors = errors
-        if choice is not None and len(candidates) > 1:
-            self.report.selection, self.report.selection_losses = choice.chosen, choice.losses
-        logger.info(
-            f"HyWIA: {params_before:,} -> {self.report.params_after:,} parameters "
-            f"({self.report.achieved_ratio:.1%} of decoder-layer parameters removed)"
-        )
-        return model
+        step.summary = {
+            "pruning_ratio": config.pruning_ratio,
+            "decoder_params_after": _decoder_parameters(model, spec, num_layers),
+            "selection": step.selection,
+            "seconds": seconds["total"],
+        }
+        return step
 
     def _resolved_config(self, calibration_data: Any) -> HyWIAConfig:
         """The config with its data-dependent defaults (`None`) decided, as `hywia_config.json` records them."""

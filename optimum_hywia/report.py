@@ -44,6 +44,8 @@ class PruningReport:
     selection: str = ""
     selection_losses: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    # pruning_steps > 1: each step's own ratio (of what the steps before left), decoder parameters after it, choice
+    steps: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json_string(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"

@@ -275,6 +275,21 @@ def test_selection_candidates_flag_sets_the_config_field_and_an_empty_list_turns
     assert config("--selection-candidates").selection_candidates == ()
 
 
+def test_pruning_steps_flag_sets_the_config_field_and_refuses_zero(capsys):
+    from optimum_hywia.commands.main import build_parser
+    from optimum_hywia.commands.runners import _hywia_config
+    from optimum_hywia.configuration import HyWIAConfig
+
+    def config(*flags):
+        return _hywia_config(build_parser().parse_args(["prune", "model", "-o", "out", *flags]), HyWIAConfig)
+
+    assert config().pruning_steps == 1
+    assert config("--pruning-steps", "3").pruning_steps == 3
+    with pytest.raises(SystemExit):
+        config("--pruning-steps", "0")
+    assert "--pruning-steps" in capsys.readouterr().err
+
+
 def test_reconstruction_reselect_flag_switches_the_config_field_both_ways():
     from optimum_hywia.commands.main import build_parser
     from optimum_hywia.commands.runners import _hywia_config

@@ -33,6 +33,8 @@ def test_round_trip_through_hywia_config_json(tmp_path):
         (dict(pruning_ratio=0.0), r"pruning_ratio must be in \(0, 1\)"),
         (dict(pruning_ratio=1.0), r"pruning_ratio must be in \(0, 1\)"),
         (dict(pruning_ratio="0.5"), "pruning_ratio must be a number"),
+        (dict(pruning_steps=0), "pruning_steps must be >= 1"),
+        (dict(pruning_steps=1.5), "pruning_steps must be an integer"),
         (dict(importance="taylor"), "importance must be one of"),
         (dict(fine_estimators=("vector",)), "fine_estimators must be a non-empty subset"),
         (dict(fine_estimators=()), "fine_estimators must be a non-empty subset"),

@@ -110,6 +110,52 @@ print(json.dumps({{"logits": logits.tolist(), "generated": generated.shape[1], "
         torch.testing.assert_close(reloaded(inputs).logits[0, -3:], expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("architecture", ["llama-gqa", "qwen2"])
+def test_gradual_pruning_removes_the_ratio_in_rescored_steps(architecture, layout, token_batch, tmp_path):
+    model = make_tiny_model(architecture)
+    reference = copy.deepcopy(model)
+    ratio = 0.4
+    pruner = HyWIAPruner(model, tiny_config(pruning_ratio=ratio, pruning_steps=2, layout=layout, importance="element2"))
+    pruned = pruner.prune(token_batch, show_progress=False)
+    report = pruner.report
+
+    # without compensation the steps only remove groups: the report's kept groups, indices of the original
+    # model's groups, reproduce the pruned model exactly
+    inputs = torch.randint(3, VOCAB, (2, 20), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        logits = pruned(inputs).logits
+    torch.testing.assert_close(logits, masked_logits(reference, pruner, inputs), rtol=1e-5, atol=1e-5)
+
+    first, second = report.steps
+    assert first["pruning_ratio"] == pytest.approx(ratio / 2)
+    # the second step's share is of what the first left, so that the two together remove `ratio` of the original
+    left = first["decoder_params_after"] / report.decoder_params_before
+    assert second["pruning_ratio"] == pytest.approx(1 - (1 - ratio) / left)
+    assert second["decoder_params_after"] == report.decoder_params_after
+    pruned_layer_params = sum(report.layers[i]["params_before"] for i in report.pruned_layers)
+    removed = report.decoder_params_before - report.decoder_params_after
+    assert abs(removed - ratio * report.decoder_params_before) <= 0.02 * pruned_layer_params
+    assert report.pruning_ratio == ratio and pruner.config.pruning_steps == 2
+
+    folder = pruner.save_pretrained(tmp_path / "pruned")
+    assert json.loads((folder / "hywia_config.json").read_text())["pruning_steps"] == 2
+    assert "removed gradually in 2 re-scored steps" in (folder / "README.md").read_text()
+    with torch.no_grad():
+        torch.testing.assert_close(load_pruned_model(folder)(inputs).logits, logits, rtol=0, atol=1e-6)
+
+
+def test_gradual_pruning_compensates_every_step(token_batch):
+    model = make_tiny_model("llama-gqa")
+    config = tiny_config(pruning_ratio=0.4, pruning_steps=2, layout="per_layer", reconstruction="least_squares")
+    pruner = HyWIAPruner(model, config)
+    pruner.prune(token_batch, show_progress=False)
+    assert len(pruner.report.steps) == 2
+    assert pruner.report.reconstruction_errors  # the last step's refits
+    assert pruner.report.seconds["compensation"] > 0
+    assert abs(pruner.report.achieved_ratio - 0.4) < 0.05
+
+
 def test_uniform_heads_the_vanilla_config_rejects_fall_back_to_the_override(token_batch, caplog):
     # 8 heads, hidden 64: 20% of the decoder taken from attention alone leaves 5 heads; LlamaConfig rejects 64 % 5
     model = make_tiny_model("llama-mha")

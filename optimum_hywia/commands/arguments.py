@@ -162,6 +162,9 @@ def add_prune_arguments(parser: argparse.ArgumentParser) -> None:
         type=ratio,
         help="share of decoder-layer parameters to remove (default: 0.2); --ratio is an alias",
     )
+    group.add_argument(
+        "--pruning-steps", type=positive_int, help="prune gradually in this many re-scored steps (default: 1)"
+    )
     group.add_argument("--layout", choices=("uniform", "per_layer"), help="width layout (default: uniform)")
     group.add_argument("--importance", choices=importance_names(), help="importance method (default: hywia)")
     group.add_argument(

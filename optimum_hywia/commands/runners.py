@@ -92,6 +92,7 @@ def _hywia_config(args: argparse.Namespace, config_class: Any) -> Any:
     values = config_class.from_pretrained(args.config).to_dict() if args.config else {}
     flags = {
         "pruning_ratio": args.pruning_ratio,
+        "pruning_steps": args.pruning_steps,
         "layout": args.layout,
         "importance": args.importance,
         "fine_estimators": args.fine_estimators,
