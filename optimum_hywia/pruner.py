@@ -58,7 +58,6 @@ class _Step:
     selection: str
     selection_losses: dict[str, float]
     seconds: dict[str, float]
-    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _group_parameters(group_sets: list) -> int:
@@ -67,7 +66,7 @@ def _group_parameters(group_sets: list) -> int:
 
 
 def _decoder_parameters(model: PreTrainedModel, spec: ArchitectureSpec, num_layers: int) -> int:
-    """Prunable parameters of all decoder layers now."""
+    """Prunable parameters of all decoder layers as they are now."""
     return _group_parameters(build_group_sets(model, spec, range(num_layers), ("attention", "mlp")))
 
 
@@ -143,16 +142,27 @@ class HyWIAPruner:
         original_params = _group_parameters(original_sets)
         params_before, widths_before = count_parameters(model), layer_widths(model, spec)
         steps: list[_Step] = []
+        summaries: list[dict[str, Any]] = []
+        current = original_params
         for number in range(1, config.pruning_steps + 1):
             # each step removes an equal share of the original parameters from what the steps before left
             target = config.pruning_ratio * number / config.pruning_steps
-            ratio = 1 - (1 - target) * original_params / _decoder_parameters(model, spec, num_layers)
+            ratio = 1 - (1 - target) * original_params / current
             if ratio <= 0:  # an earlier step's rounding already removed this step's share
                 continue
             if config.pruning_steps > 1:
                 logger.info(f"HyWIA: step {number} of {config.pruning_steps}, {target:.1%} removed in all")
             step_config = dataclasses.replace(config, pruning_ratio=ratio, pruning_steps=1)
             steps.append(self._prune_step(step_config, calibration_data, show_progress))
+            current = _decoder_parameters(model, spec, num_layers)
+            summaries.append(
+                {
+                    "pruning_ratio": ratio,
+                    "decoder_params_after": current,
+                    "selection": steps[-1].selection,
+                    "seconds": steps[-1].seconds["total"],
+                }
+            )
 
         kept = dict(steps[0].kept)
         for step in steps[1:]:  # kept groups as indices of the original model's groups
@@ -178,7 +188,7 @@ class HyWIAPruner:
         self.report.reconstruction_errors = last.errors
         self.report.selection, self.report.selection_losses = last.selection, last.selection_losses
         if len(steps) > 1:
-            self.report.steps = [step.summary for step in steps]
+            self.report.steps = summaries
         logger.info(
             f"HyWIA: {params_before:,} -> {self.report.params_after:,} parameters "
             f"({self.report.achieved_ratio:.1%} of decoder-layer parameters removed)"
@@ -246,7 +256,7 @@ class HyWIAPruner:
         seconds["surgery" if config.reconstruction == "none" else "compensation"] = time.perf_counter() - surgery_start
         seconds["total"] = time.perf_counter() - start
         chosen = choice is not None and len(candidates) > 1
-        step = _Step(
+        return _Step(
             kept=kept,
             fusion=fusion,
             layer_range=layer_range,
@@ -256,13 +266,6 @@ class HyWIAPruner:
             selection_losses=choice.losses if chosen else {},
             seconds=seconds,
         )
-        step.summary = {
-            "pruning_ratio": config.pruning_ratio,
-            "decoder_params_after": _decoder_parameters(model, spec, num_layers),
-            "selection": step.selection,
-            "seconds": seconds["total"],
-        }
-        return step
 
     def _resolved_config(self, calibration_data: Any) -> HyWIAConfig:
         """The config with its data-dependent defaults (`None`) decided, as `hywia_config.json` records them."""
