@@ -17,7 +17,12 @@ propagated through the layers already pruned and compensated. For each layer, at
 inputs depend on the pruned attention): run the layer with this kind still whole and accumulate `G`, the column sums
 and the token count (float32 products per micro-batch, summed in float64; all-reduced across data-parallel ranks);
 slice the kind's groups; refit. The pruned layer then produces the next layer's inputs. Memory: the hidden states of
-the calibration tokens and one layer's statistics; cost: about three forward passes over the calibration data.
+the calibration tokens and one layer's statistics; cost: about four forward passes over the calibration data (one
+records the layers' calls).
+
+Several selections of one model (the candidates of `selection.py`) are compensated in lockstep, each on its own copy
+(`remove_and_compensate_together`): the recording and the dense stream below are shared, and each copy ends exactly
+as compensated alone.
 
 Drift correction (`reconstruction_drift` = β > 0, least squares only): the same tokens also run through the dense
 layers (`DenseStream`, one more forward pass), and the target becomes `X Wᵀ + β · (r_dense − r)`, with `r` the
@@ -34,6 +39,7 @@ that output, from the gradient pass; `reconstruction_reselect_damping`), or the 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -55,7 +61,14 @@ from .surgery import apply_layer_structure, planned_widths, pruned_structure, re
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["RECONSTRUCTIONS", "InputStatistics", "check_reconstruction", "refit", "remove_and_compensate"]
+__all__ = [
+    "RECONSTRUCTIONS",
+    "InputStatistics",
+    "check_reconstruction",
+    "refit",
+    "remove_and_compensate",
+    "remove_and_compensate_together",
+]
 
 
 @dataclass
@@ -310,6 +323,13 @@ class LayerwiseRunner:
         if len(self.hidden) != len(chunks) or any(len(calls) != len(chunks) for calls in self.calls):
             raise RuntimeError("Not every decoder layer was called once per calibration batch: cannot compensate.")
 
+    def replay_on(self, model: nn.Module, spec: ArchitectureSpec) -> LayerwiseRunner:
+        """A runner over `model`'s layers with these recorded calls and first-layer inputs: `model` must be a copy of
+        the recorded one up to its first decoder layer (a candidate selection's copy, `selection.py`)."""
+        runner = copy.copy(self)
+        _, runner.layers = decoder_layers(model, spec)
+        return runner
+
     def _recorder(self, index: int):
         last = len(self.layers) - 1
 
@@ -449,36 +469,95 @@ def remove_and_compensate(
     the whole projection's own output on the same calibration inputs (`{"<module path>": error}`; the drift share of
     the target is not counted), averaged into the report by the caller.
     """
+    targets = [(model, group_sets, kept)]
+    (errors,) = remove_and_compensate_together(
+        targets, spec, config, batches, widths_before, show_progress, output_fisher
+    )
+    return errors
+
+
+def remove_and_compensate_together(
+    targets: list[tuple[nn.Module, list[GroupSet], dict[Key, torch.Tensor]]],
+    spec: ArchitectureSpec,
+    config: Any,
+    batches: list[torch.Tensor],
+    widths_before: list[dict[str, int]],
+    show_progress: bool = True,
+    output_fisher: dict[Key, torch.Tensor] | None = None,
+) -> list[dict[str, float]]:
+    """`remove_and_compensate` of several copies of one dense model, each `(model, group_sets, kept)` with its own
+    selection, in lockstep layer by layer (`selection.compensate_best_selection`'s candidates).
+
+    Each model ends exactly as compensated alone; what does not depend on the selection is computed once: the
+    recording of the layers' calls (one forward pass) and, with drift correction, the dense model's stream (one
+    more). Returns each target's refit errors, in order.
+    """
     from .distributed import distributed_world, shard_batches
 
-    reconstruction = config.reconstruction
     rank, world_size = distributed_world()
     chunks = _chunks(shard_batches(batches, rank, world_size), config.calibration_micro_batch_size)
-    by_layer: dict[int, list[GroupSet]] = {}
-    for group_set in group_sets:
-        by_layer.setdefault(group_set.layer, []).append(group_set)
-    switched = set()
-    for kind in dict.fromkeys(gs.kind for gs in group_sets):
-        sample = next(p for gs in group_sets if gs.kind == kind for p in gs.projections if p.spec.dim == "in")
-        if config.reconstruction_bias and getattr(sample.module, "bias", None) is None and bias_switches(spec, kind):
-            enable_bias(model, spec, kind)
-            switched.add(kind)
-    reselect = group_reselection(config)
-    fisher = None  # the metric OBS judges removals in, where it is the output Fisher's
-    if reconstruction == "least_squares" and config.reconstruction_reselect:
-        if config.reconstruction_reselect_damping is not None:
-            fisher = output_fisher or {}
-    structure = pruned_structure(model, spec, planned_widths(widths_before, group_sets, kept))
-    runner = LayerwiseRunner(model, spec, chunks, config.autocast_dtype)
-    drift = config.reconstruction_drift if reconstruction == "least_squares" else 0.0
-    dense_stream = DenseStream(runner, dict(spec.residual_points)) if drift and spec.residual_points else None
-    errors: dict[str, float] = {}
-    last = max(by_layer)
+    compensators = [
+        _LayerCompensator(model, spec, config, group_sets, kept, widths_before, output_fisher)
+        for model, group_sets, kept in targets
+    ]
+    runner = LayerwiseRunner(targets[0][0], spec, chunks, config.autocast_dtype)
+    for compensator in compensators:
+        compensator.runner = runner.replay_on(compensator.model, spec)
+    drift = config.reconstruction_drift if config.reconstruction == "least_squares" else 0.0
+    dense_stream = None
+    if drift and spec.residual_points:  # while no target has pruned a layer, the first target's states are dense
+        dense_stream = DenseStream(compensators[0].runner, dict(spec.residual_points))
+    last = max(compensator.last for compensator in compensators)
     for index in tqdm(range(last + 1), desc="HyWIA compensation", disable=not show_progress):
-        pruned_sets = [gs for gs in by_layer.get(index, []) if len(kept[gs.key]) < gs.num_groups]
-        if dense_stream is not None:
-            dense_stream.advance(index, {gs.kind for gs in pruned_sets})
-        for group_set in pruned_sets:  # a set with nothing removed has nothing to slice or refit
+        if dense_stream is not None:  # the layer is still dense in every target: any target's serves
+            dense_stream.advance(index, set().union(*(c.kinds_pruned(index) for c in compensators)))
+        for compensator in compensators:
+            compensator.step(index, dense_stream)
+    return [compensator.errors for compensator in compensators]
+
+
+class _LayerCompensator:
+    """One model's part of `remove_and_compensate_together`: its selection, its hidden states, its refits."""
+
+    def __init__(self, model, spec, config, group_sets, kept, widths_before, output_fisher) -> None:
+        self.model, self.spec, self.config, self.kept = model, spec, config, kept
+        self.by_layer: dict[int, list[GroupSet]] = {}
+        for group_set in group_sets:
+            self.by_layer.setdefault(group_set.layer, []).append(group_set)
+        self.last = max(self.by_layer)
+        self.switched = set()
+        for kind in dict.fromkeys(gs.kind for gs in group_sets):
+            sample = next(p for gs in group_sets if gs.kind == kind for p in gs.projections if p.spec.dim == "in")
+            if (
+                config.reconstruction_bias
+                and getattr(sample.module, "bias", None) is None
+                and bias_switches(spec, kind)
+            ):
+                enable_bias(model, spec, kind)
+                self.switched.add(kind)
+        self.reselect = group_reselection(config)
+        self.fisher = None  # the metric OBS judges removals in, where it is the output Fisher's
+        if config.reconstruction == "least_squares" and config.reconstruction_reselect:
+            if config.reconstruction_reselect_damping is not None:
+                self.fisher = output_fisher or {}
+        self.structure = pruned_structure(model, spec, planned_widths(widths_before, group_sets, kept))
+        self.drift = config.reconstruction_drift if config.reconstruction == "least_squares" else 0.0
+        self.runner: LayerwiseRunner | None = None
+        self.errors: dict[str, float] = {}
+
+    def pruned_sets(self, index: int) -> list[GroupSet]:
+        """The layer's sets that lose groups (a set with nothing removed has nothing to slice or refit)."""
+        return [gs for gs in self.by_layer.get(index, []) if len(self.kept[gs.key]) < gs.num_groups]
+
+    def kinds_pruned(self, index: int) -> set[str]:
+        return {gs.kind for gs in self.pruned_sets(index)}
+
+    def step(self, index: int, dense_stream: DenseStream | None) -> None:
+        """Slice and refit layer `index`'s sets, then move the hidden states past the layer."""
+        if index > self.last:
+            return
+        model, config, runner, reconstruction = self.model, self.config, self.runner, self.config.reconstruction
+        for group_set in self.pruned_sets(index):
             inputs = [(i, p) for i, p in enumerate(group_set.projections) if p.spec.dim == "in"]
             statistics = {}
             handles = []
@@ -502,38 +581,55 @@ def remove_and_compensate(
                     dense_weight(projection).clone(),
                     None if bias is None else module_tensor(projection.module, "bias").detach().clone(),
                 )
-            if reselect is not None:  # greedy OBS chooses the groups on the pruned model's inputs
-                count = len(kept[group_set.key])
-                key, ridge = group_set.key, config.reconstruction_ridge
-                metric = None
-                if fisher is not None:
-                    if key not in fisher:
-                        raise ValueError(
-                            f"reconstruction_reselect_damping needs the output Fisher of {key} from the gradient pass: "
-                            "pass the one score_groups returns, or set reconstruction_reselect_damping=None."
-                        )
-                    metric = output_metric(fisher[key], config.reconstruction_reselect_damping)
-                kept[key] = reselect(group_set, dense, statistics, count, ridge, drift, metric)
-            groups = kept[group_set.key]
-            remove_groups([group_set], kept)
-            apply_layer_structure(model, spec, structure, index, group_set.kind)
+            if self.reselect is not None:  # greedy OBS chooses the groups on the pruned model's inputs
+                self.kept[group_set.key] = self.reselect(
+                    group_set,
+                    dense,
+                    statistics,
+                    len(self.kept[group_set.key]),
+                    config.reconstruction_ridge,
+                    self.drift,
+                    self.metric(group_set.key),
+                )
+            groups = self.kept[group_set.key]
+            remove_groups([group_set], self.kept)
+            apply_layer_structure(model, self.spec, self.structure, index, group_set.kind)
             for i, projection in inputs:
                 weight, bias = dense[i]
                 columns = group_set.indices(i, groups)
-                fit_bias = bias is not None or group_set.kind in switched
+                fit_bias = bias is not None or group_set.kind in self.switched
                 new_weight, new_bias = refit(
-                    weight, bias, columns, statistics[i], reconstruction, config.reconstruction_ridge, fit_bias, drift
+                    weight,
+                    bias,
+                    columns,
+                    statistics[i],
+                    reconstruction,
+                    config.reconstruction_ridge,
+                    fit_bias,
+                    self.drift,
                 )
                 if statistics[i].gram is not None:  # the error needs the Gram matrix (not kept for "bias")
-                    errors[projection.name] = relative_error(weight, bias, columns, new_weight, new_bias, statistics[i])
+                    self.errors[projection.name] = relative_error(
+                        weight, bias, columns, new_weight, new_bias, statistics[i]
+                    )
                 set_parameter(
                     projection.module, "weight", new_weight.T.contiguous() if projection.transposed else new_weight
                 )
                 if new_bias is not None:
                     set_parameter(projection.module, "bias", new_bias)
-        if index < last:
+        if index < self.last:
             runner.run(index, keep_outputs=True)
-    return errors
+
+    def metric(self, key: Key) -> torch.Tensor | None:
+        """The output Fisher metric OBS judges the set's removals in, or None (the plain squared error)."""
+        if self.fisher is None:
+            return None
+        if key not in self.fisher:
+            raise ValueError(
+                f"reconstruction_reselect_damping needs the output Fisher of {key} from the gradient pass: "
+                "pass the one score_groups returns, or set reconstruction_reselect_damping=None."
+            )
+        return output_metric(self.fisher[key], self.config.reconstruction_reselect_damping)
 
 
 def relative_error(weight, bias, kept, new_weight, new_bias, statistics: InputStatistics) -> float:

@@ -131,8 +131,9 @@ class HyWIAConfig:
             each candidate is removed and compensated, and the one whose compensated model is closest to the dense
             model (KL of the next-token distributions) on held-out windows of the calibration text, four times as
             long as calibration's and sharing no token with them, is kept (`optimum_hywia.selection`;
-            `PruningReport.selection`). Costs one compensation pass per candidate and one copy of the model while it
-            runs; `()` keeps HyWIA's selection without the choice.
+            `PruningReport.selection`). The candidates are compensated in lockstep, sharing the passes that do not
+            depend on the selection: each costs a little over half a compensation pass and one copy of the model
+            while it runs; `()` keeps HyWIA's selection without the choice.
     """
 
     pruning_ratio: float = 0.2

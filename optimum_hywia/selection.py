@@ -4,17 +4,19 @@ HyWIA's fusion and ranking choice judge selections by the *uncompensated* calibr
 is saved is compensated, and compensation changes which selection is best (docs/method.md §7b, "A compensated choice
 between whole selections"). So, when compensation is on, the pruner builds the candidates -- HyWIA's selection and the
 selection of each named single estimate over the same plan (its own per-layer counts and ranking) -- compensates
-each (`compensation.remove_and_compensate`) and keeps the one whose compensated model has the lowest
+each (`compensation.remove_and_compensate_together`) and keeps the one whose compensated model has the lowest
 `KL(p_dense ‖ p_pruned)` of the next-token distributions (the fusion training's objective) on *held-out* windows of
 the calibration text (`scoring.held_out_batches`): windows no earlier stage saw -- HyWIA's own selection was fitted
 to the calibration windows -- and four times as long, since a selection fitted on short windows can lose at longer
 context. The dense teacher's outputs are computed once, before anything is removed.
 
-Every candidate but the last is compensated on a copy of the model; the last one in place. If a copy wins, its
-decoder layers replace the model's. The compensated candidates then race over the held-out chunks (`race`): one
-clearly further from the dense model drops out after a few chunks, so a clear choice reads only part of them. Cost:
-one compensation pass per candidate, one forward of the dense model over the held-out windows and at most one per
-candidate; memory: one more copy of the model per candidate but the last, and the dense model's outputs.
+Every candidate but the last is compensated on a copy of the model; the last one in place; all in lockstep, layer
+by layer, so that the recording of the layers' calls and the dense model's stream (drift correction) are computed
+once for all. If a copy wins, its decoder layers replace the model's. The compensated candidates then race over the
+held-out chunks (`race`): one clearly further from the dense model drops out after a few chunks, so a clear choice
+reads only part of them. Cost: per candidate, a compensation pass less those two shared forward passes; one forward
+of the dense model over the held-out windows and at most one per candidate; memory: one more copy of the model and
+of the calibration hidden states per candidate but the last, and the dense model's outputs.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .compensation import group_reselection, remove_and_compensate
+from .compensation import group_reselection, remove_and_compensate, remove_and_compensate_together
 from .groups import GroupSet, Key, build_group_sets, decoder_layers
 from .importance.statistics import TeacherCache, _encoder
 from .memory import available_memory
@@ -199,13 +201,15 @@ def compensate_best_selection(
     layers_path, _ = decoder_layers(model, spec)
     pruned_layers = sorted({gs.layer for gs in group_sets})
     kinds = tuple(dict.fromkeys(gs.kind for gs in group_sets))
-    models: dict[str, nn.Module] = {}
-    results: dict[str, tuple[dict, dict[str, float]]] = {}
-    for name in names[:-1]:
-        models[name] = copy.deepcopy(model)
-        results[name] = compensate(name, models[name], build_group_sets(models[name], spec, pruned_layers, kinds))
-    models[names[-1]] = model
-    results[names[-1]] = compensate(names[-1], model, group_sets)
+    models = {name: copy.deepcopy(model) for name in names[:-1]} | {names[-1]: model}
+    targets = []
+    for name, target in models.items():
+        sets = group_sets if target is model else build_group_sets(target, spec, pruned_layers, kinds)
+        targets.append((target, sets, {key: value.clone() for key, value in candidates[name].items()}))
+    errors_of = remove_and_compensate_together(
+        targets, spec, config, batches, widths_before, show_progress, output_fisher
+    )
+    results = {name: (target[2], errors) for name, target, errors in zip(models, targets, errors_of)}
     chosen, losses = race(models, teacher_model, teacher, chunks)
     logger.info(f"HyWIA: compensated held-out KL of the candidate selections: {losses}")
     kept, errors = results[chosen]

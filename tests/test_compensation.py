@@ -592,3 +592,60 @@ def test_slimgpt_refuses_to_run_without_its_weight_update():
     pruner = HyWIAPruner(make_tiny_model("llama-gqa"), tiny_config(importance="slimgpt"))
     with pytest.raises(ValueError, match="reconstruction='least_squares'"):
         pruner.prune(CALIBRATION, show_progress=False)
+
+
+@pytest.mark.parametrize("first_layer_pruned", [True, False])
+@pytest.mark.parametrize("family", ["llama", "gemma3", "falcon-rw", "gpt2", "bloom"])
+def test_candidates_compensated_together_end_exactly_as_each_compensated_alone(family, first_layer_pruned):
+    """The compensated choice compensates its candidates in lockstep, sharing the recording of the layers' calls and
+    the dense stream (drift correction): every model must end bit for bit as its own compensation leaves it, where
+    only one candidate prunes the first layer and where none does (the dense stream then starts later, from the
+    first candidate's states)."""
+    from optimum_hywia.architectures import get_architecture
+    from optimum_hywia.compensation import remove_and_compensate, remove_and_compensate_together
+    from optimum_hywia.groups import build_group_sets
+    from optimum_hywia.surgery import layer_widths
+
+    dense = make_family_model(family)
+    spec = get_architecture(dense.config)
+    layers = range(len(decoder_layers(dense, spec)[1]))
+    sets = build_group_sets(dense, spec, layers, ("attention", "mlp"))
+    whole_first = not first_layer_pruned
+    half = {gs.key: torch.arange(gs.num_groups if whole_first and gs.layer == 0 else gs.num_groups // 2) for gs in sets}
+    skewed = {gs.key: torch.arange(gs.num_groups if gs.layer == 0 else max(1, gs.num_groups // 4)) for gs in sets}
+    config = HyWIAConfig(
+        reconstruction="least_squares",
+        reconstruction_drift=0.25,
+        reconstruction_reselect=True,
+        reconstruction_reselect_damping=None,
+    )
+    batches, widths = list(CALIBRATION.split(8)), layer_widths(dense, spec)
+    together, alone = [], []
+    for selection in (half, skewed):
+        model = copy.deepcopy(dense)
+        kept = {key: value.clone() for key, value in selection.items()}
+        together.append((model, build_group_sets(model, spec, layers, ("attention", "mlp")), kept))
+        model = copy.deepcopy(dense)
+        kept = {key: value.clone() for key, value in selection.items()}
+        errors = remove_and_compensate(
+            model,
+            spec,
+            config,
+            build_group_sets(model, spec, layers, ("attention", "mlp")),
+            kept,
+            batches,
+            widths,
+            show_progress=False,
+        )
+        alone.append((model, kept, errors))
+    errors_together = remove_and_compensate_together(together, spec, config, batches, widths, show_progress=False)
+    for (model, _, kept), errors, (expected, expected_kept, expected_errors) in zip(together, errors_together, alone):
+        assert errors == expected_errors
+        assert all(torch.equal(kept[key], expected_kept[key]) for key in kept)
+        state, expected_state = model.state_dict(), expected.state_dict()
+        assert state.keys() == expected_state.keys()
+        for name, tensor in expected_state.items():
+            assert torch.equal(state[name], tensor), name
+    with torch.no_grad():
+        outputs = [model(INPUTS).logits for model, _, _ in together]
+    assert not torch.equal(outputs[0], outputs[1])  # two different compensated models, not one shared
