@@ -503,9 +503,8 @@ def remove_and_compensate_together(
     runner = LayerwiseRunner(targets[0][0], spec, chunks, config.autocast_dtype)
     for compensator in compensators:
         compensator.runner = runner.replay_on(compensator.model, spec)
-    drift = config.reconstruction_drift if config.reconstruction == "least_squares" else 0.0
     dense_stream = None
-    if drift and spec.residual_points:  # while no target has pruned a layer, the first target's states are dense
+    if compensators[0].drift and spec.residual_points:  # until a target prunes a layer, its states are the dense ones
         dense_stream = DenseStream(compensators[0].runner, dict(spec.residual_points))
     last = max(compensator.last for compensator in compensators)
     for index in tqdm(range(last + 1), desc="HyWIA compensation", disable=not show_progress):
