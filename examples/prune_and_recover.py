@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--model", default=SMOLLM2_HUB_ID, help="Hub id or local folder")
     parser.add_argument("--ratio", type=float, default=0.2, help="share of decoder-layer parameters to remove")
     parser.add_argument("--layout", default="per_layer", choices=["uniform", "per_layer"])
+    parser.add_argument("--importance", default="hywia", help="HyWIA or a baseline (see docs/method.md)")
     parser.add_argument("--samples", type=int, default=None, help="calibration windows (default: the library's)")
     parser.add_argument("--fusion-steps", type=int, default=None, help="default: the library's")
     parser.add_argument("--method", default="full", choices=["full", "lora"], help="every weight, or LoRA")
@@ -54,6 +55,7 @@ def main() -> None:
     overrides = {"num_calibration_samples": args.samples, "fusion_steps": args.fusion_steps}
     config = HyWIAConfig(
         pruning_ratio=args.ratio,
+        importance=args.importance,
         layout=args.layout,
         **{key: value for key, value in overrides.items() if value is not None},
     )

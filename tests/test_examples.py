@@ -29,10 +29,11 @@ def test_every_example_is_tested():
 
 @pytest.fixture(scope="module")
 def recovered(tmp_path_factory) -> Path:
-    """examples/prune_and_recover.py with small settings: per-layer pruning, 4 steps of LoRA on the LM loss."""
+    """examples/prune_and_recover.py with small settings: per-layer pruning by element2 (HyWIA's default pipeline on
+    this model is tests/test_real_model.py's; here the script is under test), 4 steps of LoRA on the LM loss."""
     output = tmp_path_factory.mktemp("examples") / "smollm2-lora"
     stdout = run_example(
-        "prune_and_recover.py", "--ratio", "0.2", "--samples", "4", "--fusion-steps", "2", "--steps", "4",
+        "prune_and_recover.py", "--ratio", "0.2", "--importance", "element2", "--samples", "4", "--steps", "4",
         "--method", "lora", "--batch-size", "2", "--sequence-length", "64", "--eval-windows", "2",
         "--eval-length", "128", "--output", str(output),
     )  # fmt: skip
@@ -72,8 +73,8 @@ def test_push_to_hub_example_dry_run(recovered):
 @pytest.mark.slow
 def test_prune_smollm2_example(tmp_path):
     stdout = run_example(
-        "prune_smollm2.py", "--ratio", "0.2", "--samples", "4", "--sequence-length", "64", "--eval-windows", "2",
-        "--speed-rounds", "1", "--output", str(tmp_path / "out"),
+        "prune_smollm2.py", "--ratio", "0.2", "--importance", "element2", "--samples", "4", "--sequence-length", "64",
+        "--eval-windows", "2", "--speed-rounds", "1", "--output", str(tmp_path / "out"),
     )  # fmt: skip
     results = json.loads((tmp_path / "out" / "example_results.json").read_text())
     rows = {name: row for name, row in results.items() if name != "prune_seconds"}
